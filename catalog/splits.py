@@ -1,0 +1,27 @@
+"""Speaker-disjoint splits computed deterministically from speaker ids.
+
+Speakers are ordered by a seeded hash of their id (stable across machines and Python runs); the
+first go to test, the next to val, the rest to train. With 3 or more speakers no split is empty.
+"""
+from __future__ import annotations
+
+import hashlib
+
+SPLITS = ("train", "val", "test")
+
+
+def speaker_order(speakers: list[str], seed: int = 0) -> list[str]:
+    return sorted(set(speakers), key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+
+
+def speaker_disjoint_splits(speakers: list[str], val: float = 0.1, test: float = 0.1,
+                            seed: int = 0) -> dict[str, str]:
+    """speaker_id -> 'train' | 'val' | 'test'."""
+    order = speaker_order(speakers, seed)
+    n = len(order)
+    n_test = max(1, round(test * n)) if n >= 3 else 0
+    n_val = max(1, round(val * n)) if n >= 3 else 0
+    out = {}
+    for i, spk in enumerate(order):
+        out[spk] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return out

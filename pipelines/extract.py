@@ -1,0 +1,139 @@
+"""Extract a corpus into a feature store with Ray: one task per shard.
+
+    python pipelines/extract.py --dataset folder --root videos/ --store store/
+    ray job submit --working-dir . -- python pipelines/extract.py --dataset lrs2 --root ... --store ...
+
+Without a cluster address (and no RAY_ADDRESS, which `ray job submit` sets) it starts a local Ray.
+Re-running skips complete (shard, field) pairs; --overwrite redoes them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+
+from catalog.build import build_catalog, write_plan  # noqa: E402
+from catalog.layout import STORE_VERSION, read_store_json, write_store_json  # noqa: E402
+from features.fields import FIELDS, resolve  # noqa: E402
+from features.timebase import FPS, WINDOW  # noqa: E402
+from pipelines.adapters import ADAPTERS, list_utterances  # noqa: E402
+from pipelines.plan import extend_plan, read_plan, shards_of  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", required=True, choices=sorted(ADAPTERS), help="corpus adapter")
+    p.add_argument("--root", required=True, type=Path, help="corpus root folder")
+    p.add_argument("--store", required=True, type=Path, help="feature store folder (shared by all nodes)")
+    p.add_argument("--fields", nargs="+", default=["audio", "rgb", "landmarks", "mel", "meta"],
+                   help=f"fields to extract, or 'all'; known: {list(FIELDS) + ['meta']}")
+    p.add_argument("--workers", type=int, default=None,
+                   help="concurrent shard tasks (default: every CPU Ray offers)")
+    p.add_argument("--shard-size", type=int, default=16, help="utterances per shard (new shards only)")
+    p.add_argument("--overwrite", action="store_true", help="redo complete (shard, field) pairs")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--val", type=float, default=0.1, help="share of speakers in the val split")
+    p.add_argument("--test", type=float, default=0.1, help="share of speakers in the test split")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the speaker-disjoint split")
+    p.add_argument("--max-retries", type=int, default=3, help="Ray retries of a shard whose worker died")
+    return p.parse_args(argv)
+
+
+def init_ray(address: str | None, workers: int | None):
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:  # a cluster (or `ray job submit`, whose working dir carries the code)
+        ray.init(address=address, log_to_driver=True)
+    else:  # a private local Ray: never attach to someone else's cluster on a shared host
+        ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, log_to_driver=True)
+    return ray
+
+
+def run_shards(ray, store: Path, dataset: str, plan: list[dict], fields: list[str], overwrite: bool,
+               workers: int | None, max_retries: int) -> tuple[int, list[str]]:
+    """Run one task per shard with at most `workers` in flight; returns frames and failures."""
+    from tqdm import tqdm
+
+    from pipelines.worker import extract_shard
+
+    task = ray.remote(num_cpus=1, max_retries=max_retries)(extract_shard)
+    limit = workers or max(1, int(ray.available_resources().get("CPU", 1)))
+    pending = list(shards_of(plan).items())
+    in_flight, frames, failures = {}, 0, []
+    bar = tqdm(total=len(pending), desc=f"extract {dataset}", unit="shard")
+    started = time.perf_counter()
+    while pending or in_flight:
+        while pending and len(in_flight) < limit:
+            shard_id, rows = pending.pop(0)
+            ref = task.remote(str(store), dataset, shard_id, rows, fields, overwrite)
+            in_flight[ref] = shard_id
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        shard_id = in_flight.pop(done[0])
+        try:
+            result = ray.get(done[0])
+            frames += result["frames"]
+        except Exception as exc:  # the task failed after its retries: the shard stays incomplete
+            failures.append(f"shard {shard_id}: {type(exc).__name__}: {exc}")
+        bar.update(1)
+        bar.set_postfix(fps=f"{frames / max(time.perf_counter() - started, 1e-9):.1f}")
+    bar.close()
+    return frames, failures
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    fields = resolve(args.fields)
+    store = args.store.resolve()
+    utterances = list_utterances(args.dataset, args.root)
+    if not utterances:
+        print(f"error: no videos found under {args.root} for dataset {args.dataset!r}", file=sys.stderr)
+        return 2
+    existing = read_plan(store)
+    dataset_plan = extend_plan(existing, args.dataset, utterances, args.shard_size)
+    plan = [r for r in existing if r["dataset"] != args.dataset] + dataset_plan
+    write_plan(store, plan)
+
+    info = read_store_json(store)
+    store_fields = sorted(set(info.get("fields", {})) | set(fields), key=lambda f: (f == "meta", f))
+    info.update(version=STORE_VERSION, timebase={"fps": FPS, "sample_rate": 16000, "window": WINDOW},
+                fields={f: {"version": FIELDS[f].version, "ext": FIELDS[f].ext, "rate": FIELDS[f].rate}
+                        if f in FIELDS else {"version": "meta-1", "ext": "json", "rate": None}
+                        for f in store_fields})
+    write_store_json(store, info)
+
+    ray = init_ray(args.address, args.workers)
+    started = time.perf_counter()
+    frames, failures = run_shards(ray, store, args.dataset, dataset_plan, fields, args.overwrite,
+                                  args.workers, args.max_retries)
+    seconds = time.perf_counter() - started
+    tables = build_catalog(store, plan, store_fields, val=args.val, test=args.test, seed=args.split_seed)
+    utts = tables["utterances"].to_pylist()
+    mine = [u for u in utts if u["dataset"] == args.dataset]
+    report = {"dataset": args.dataset, "utterances": len(mine),
+              "ok": sum(u["status"] == "ok" for u in mine),
+              "errors": sum(u["status"] == "error" for u in mine),
+              "frames_extracted": frames, "seconds": round(seconds, 2),
+              "frames_per_second": round(frames / seconds, 2) if frames else 0.0,
+              "failed_shards": failures}
+    (store / "extract_report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report))
+    for err in tables["errors"].to_pylist():
+        if err["dataset"] == args.dataset:
+            print(f"  error {err['utt_id']} [{err['field']}/{err['stage']}]: {err['reason']}")
+    if failures:
+        print("shards that failed after retries (re-run to resume):", *failures, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -116,10 +116,15 @@ _IRIS_COLOURS = np.array([(70, 45, 25), (40, 30, 20), (60, 100, 140), (80, 110, 
 def make_speaker(seed: int, index: int) -> SpeakerStyle:
     """Speaker ``index`` of corpus ``seed``; depends on (seed, index) only."""
     rng = np.random.default_rng([int(seed), int(index), 0x5EA4E5])
-    skin = _SKIN_TONES[rng.integers(len(_SKIN_TONES))] * rng.uniform(0.95, 1.04, 3)
+    # seed-level permutations (independent of n_speakers) keep neighbouring speakers diverse
+    perm_rng = np.random.default_rng([int(seed), 0x9E3779])
+    skin_perm = perm_rng.permutation(len(_SKIN_TONES))
+    hair_perm = perm_rng.permutation(len(_HAIR_COLOURS))
+    style_off = int(perm_rng.integers(3))
+    skin = _SKIN_TONES[skin_perm[index % len(_SKIN_TONES)]] * rng.uniform(0.95, 1.04, 3)
     skin = np.clip(skin, 40, 255)
     lips = np.clip(skin * np.array([0.78, 0.52, 0.52]) + np.array([25, 0, 5]), 0, 255)
-    hair = np.clip(_HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * rng.uniform(0.9, 1.1), 0, 255)
+    hair = np.clip(_HAIR_COLOURS[hair_perm[index % len(_HAIR_COLOURS)]] * rng.uniform(0.9, 1.1), 0, 255)
     brow = np.clip(np.minimum(hair, skin * 0.45) * 0.8, 0, 255)
     iris = _IRIS_COLOURS[rng.integers(len(_IRIS_COLOURS))]
     # background: muted colour, contrasting with the skin in brightness or hue
@@ -143,7 +148,7 @@ def make_speaker(seed: int, index: int) -> SpeakerStyle:
         skin=tuple(int(round(c)) for c in skin),
         lips=tuple(int(round(c)) for c in lips),
         hair=tuple(int(round(c)) for c in hair),
-        hair_style=int(rng.integers(3)),
+        hair_style=(int(index) + style_off) % 3,
         brow=tuple(int(round(c)) for c in brow),
         iris=tuple(int(round(c)) for c in iris),
         background=tuple(int(round(c)) for c in bg),
@@ -374,6 +379,11 @@ class FaceRenderer:
         self.max_jaw_drop = 0.85 * speaker.mouth_width * self.a * 1.2 * 0.95
         self._base = self._render_static()
         self._shade = self._shading_map()
+        skin = np.empty((size, size, 3), np.float32)
+        skin[:] = np.array(speaker.skin, np.float32)
+        self._skin_shaded = np.clip(skin * self._shade, 0, 255).astype(np.uint8)
+        self._lid_img = np.clip(skin * self._shade, 0, 255)
+        self._render_face_static()
 
     # -- geometry -------------------------------------------------------------------
     def face_outline(self, jaw_drop: float = 0.0, n: int = 72) -> np.ndarray:
@@ -409,9 +419,12 @@ class FaceRenderer:
               _scale(sp.shirt, 0.8))
         # hair behind the head
         if sp.hair_style == 1:  # long
-            back = np.concatenate([_ellipse_pts(cx, cy - 0.1 * b, a * 1.28, b * 1.08, a0=180, a1=360, n=32),
-                                   [[cx + a * 1.3, cy + 1.15 * b], [cx - a * 1.3, cy + 1.15 * b]]])
+            back = np.concatenate([
+                _ellipse_pts(cx, cy - 0.1 * b, a * 1.28, b * 1.08, a0=180, a1=360, n=32),
+                _ellipse_pts(cx + a * 1.0, cy + 0.85 * b, a * 0.28, b * 0.3, a0=0, a1=90, n=8),
+                _ellipse_pts(cx - a * 1.0, cy + 0.85 * b, a * 0.28, b * 0.3, a0=90, a1=180, n=8)])
             _poly(img, back, sp.hair)
+            _poly(img, _ellipse_pts(cx, cy + 0.1 * b, a * 1.05, b * 0.95, n=40), _scale(sp.hair, 0.7))
         # ears
         for sgn in (-1, 1):
             ex = cx + sgn * a * 0.98
@@ -443,7 +456,7 @@ class FaceRenderer:
             shade -= 0.13 * np.exp(-d) * facef
         # nose side shading (bridge shadow on the shadowed side)
         ny0, ny1 = self.eye_y, self.eye_y + self.sp.nose_len * b
-        inside = (yy > ny0) & (yy < ny1)
+        inside = np.clip((yy - ny0) / (0.15 * b), 0, 1) * np.clip((ny1 - yy) / (0.05 * b), 0, 1)
         for sgn, k in ((-1, 0.06), (1, 0.12)):
             d = ((xx - (cx + sgn * a * 0.14)) / (a * 0.06)) ** 2
             shade -= k * np.exp(-d) * inside * facef
@@ -459,40 +472,44 @@ class FaceRenderer:
         return np.clip(shade, 0.3, 1.2)[:, :, None]
 
     # -- dynamic parts ----------------------------------------------------------------
-    def _draw_eyes(self, img, blink):
+    def _eye_contours(self, sgn):
         sp = self.sp
-        a, b = self.a, self.b
+        a = self.a
         ew = sp.eye_size * a
         eh = ew * 0.42
+        ex = self.cx + sgn * sp.eye_spacing * a
+        ey = self.eye_y
+        xs = np.linspace(-ew, ew, 17)
+        u2 = (xs / ew) ** 2
+        upper = np.stack([ex + xs, ey - eh * (1 - u2) ** 0.8], 1)
+        lower = np.stack([ex + xs, ey + eh * 0.8 * (1 - u2)], 1)
+        # slight tilt: outer corner a bit higher
+        upper[:, 1] -= 0.08 * sgn * (upper[:, 0] - ex)
+        lower[:, 1] -= 0.08 * sgn * (lower[:, 0] - ex)
+        return ex, ey, ew, eh, xs, upper, lower
+
+    def _draw_eyes(self, img):
+        """Open eyes, eyelid creases and eyebrows (static)."""
+        sp = self.sp
         for sgn in (-1, 1):
-            ex = self.cx + sgn * sp.eye_spacing * a
-            ey = self.eye_y
-            xs = np.linspace(-ew, ew, 17)
-            upper = np.stack([ex + xs, ey - eh * (1 - (xs / ew) ** 2) ** 0.8 * 1.0], 1)
-            lower = np.stack([ex + xs[::-1], ey + eh * 0.8 * (1 - (xs[::-1] / ew) ** 2)], 1)
-            # slight tilt: outer corner a bit higher
-            tilt = np.array([0, -0.08]) * sgn
-            upper[:, 1] += tilt[1] * (upper[:, 0] - ex)
-            lower[:, 1] += tilt[1] * (lower[:, 0] - ex)
-            almond = np.concatenate([upper, lower])
-            _poly(img, almond, (238, 234, 228))
+            ex, ey, ew, eh, xs, upper, lower = self._eye_contours(sgn)
+            _poly(img, np.concatenate([upper, lower[::-1]]), (238, 234, 228))
             ir = eh * 1.0
             _poly(img, _ellipse_pts(ex, ey + 0.05 * eh, ir, ir, n=24), sp.iris)
             _poly(img, _ellipse_pts(ex, ey + 0.05 * eh, ir * 0.45, ir * 0.45, n=16), (12, 10, 10))
             _poly(img, _ellipse_pts(ex - 0.3 * ir, ey - 0.3 * ir, ir * 0.18, ir * 0.18, n=8), (245, 245, 245))
-            # eyelid (blink): skin covering from the top
-            if blink > 0.02:
-                lid_y = ey - eh + blink * (eh * 1.85)
-                lid = np.concatenate([upper, np.stack([ex + xs[::-1], np.minimum(
-                    lid_y + 0.3 * eh * (1 - (xs[::-1] / ew) ** 2), lower[:, 1])], 1)])
-                _poly(img, lid, _scale(sp.skin, 0.86))
-                _line(img, lid[len(xs):], (40, 28, 24), max(1.0, eh * 0.3))
-            # lash line / upper lid
+            # re-cover the iris where it sticks out of the almond (skin above / below)
+            above = np.concatenate([upper, (upper + [0, -eh])[::-1]])
+            below = np.concatenate([lower, (lower + [0, eh])[::-1]])
+            self._paint_lid(img, above)
+            self._paint_lid(img, below)
+            # lash line / upper lid, lower lid
             _line(img, upper, (25, 18, 15), max(1.0, eh * 0.35))
             _line(img, lower[2:-2], _scale(sp.skin, 0.6), 1)
             # crease
-            crease = np.stack([ex + xs[2:-2] * 1.05, ey - eh * 1.6 * (1 - (xs[2:-2] / ew) ** 2) ** 0.6 - eh * 0.2], 1)
-            _line(img, crease, _scale(sp.skin, 0.7), 1)
+            crease = np.stack([ex + xs[2:-2] * 1.05,
+                               ey - eh * 1.6 * (1 - (xs[2:-2] / ew) ** 2) ** 0.6 - eh * 0.2], 1)
+            _line(img, crease, _scale(sp.skin, 0.66), 1)
             # eyebrow
             bx = np.linspace(-ew * 1.25, ew * 1.3, 12)
             by = ey - eh * 2.6 - eh * 0.9 * (1 - ((bx - ew * 0.15) / (ew * 1.3)) ** 2)
@@ -500,6 +517,27 @@ class FaceRenderer:
             thick = eh * np.linspace(0.9, 0.45, 12)
             brow_bot = np.stack([ex + sgn * bx, by + thick], 1)[::-1]
             _poly(img, np.concatenate([brow_top, brow_bot]), sp.brow)
+
+    def _paint_lid(self, img, poly, gain=1.0):
+        """Fill ``poly`` with the (shaded) eyelid skin."""
+        p = _pts(poly)
+        x, y, w, h = cv2.boundingRect((p >> _SHIFT).reshape(-1, 2))
+        x0, y0 = max(x - 2, 0), max(y - 2, 0)
+        x1, y1 = min(x + w + 3, self.size), min(y + h + 3, self.size)
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillPoly(mask, [p - np.array([x0 * _SCALE, y0 * _SCALE], np.int32)], 255, cv2.LINE_AA, _SHIFT)
+        m = mask[:, :, None].astype(np.float32) / 255.0
+        roi = img[y0:y1, x0:x1]
+        roi[:] = (roi * (1 - m) + self._lid_img[y0:y1, x0:x1] * (m * gain) + 0.5).astype(np.uint8)
+
+    def _draw_blink(self, img, blink):
+        """Upper eyelid lowered by ``blink`` (0 open .. 1 closed)."""
+        for sgn in (-1, 1):
+            ex, ey, ew, eh, xs, upper, lower = self._eye_contours(sgn)
+            edge = upper + blink * (lower - upper)
+            lid = np.concatenate([upper + [0, -0.3 * eh], edge[::-1]])
+            self._paint_lid(img, lid, 0.93)
+            _line(img, edge, (30, 22, 18), max(1.0, eh * 0.35))
 
     def _draw_nose(self, img):
         sp = self.sp
@@ -588,30 +626,48 @@ class FaceRenderer:
         if sp.hair_style == 1:
             for sgn in (-1, 1):
                 strand = np.array([[cx + sgn * a * 0.96, cy - 0.1 * b], [cx + sgn * a * 1.3, cy - 0.1 * b],
-                                   [cx + sgn * a * 1.3, cy + 1.1 * b], [cx + sgn * a * 1.02, cy + 0.9 * b],
+                                   [cx + sgn * a * 1.28, cy + 0.9 * b], [cx + sgn * a * 1.2, cy + 1.05 * b],
+                                   [cx + sgn * a * 1.08, cy + 1.0 * b], [cx + sgn * a * 1.0, cy + 0.75 * b],
                                    [cx + sgn * a * 0.93, cy + 0.3 * b]])
                 _poly(img, strand, hair)
 
     # -- frame ------------------------------------------------------------------------
-    def render(self, opening: float, width: float, blink: float, pose: tuple[float, float, float, float]) -> np.ndarray:
-        """RGB uint8 frame.  opening 0..1, width factor ~0.7..1.2, blink 0..1,
-        pose = (dx px, dy px, rotation deg, scale)."""
+    def _render_face_static(self) -> None:
+        """Pre-render everything but the mouth, the dropped jaw and the blinking lids."""
         img = self._base.copy()
-        b = self.b
-        w_rest = self.sp.mouth_width * self.a
-        h = opening * w_rest * width * 0.95
-        jaw_drop = 0.85 * h
-        mouth_y = self.eye_y + self.sp.nose_len * b + 0.2 * b + 0.1 * h
-        _poly(img, self.face_outline(jaw_drop), self.sp.skin)
+        _poly(img, self.face_outline(0.0), self.sp.skin)
         img = np.clip(img.astype(np.float32) * self._shade, 0, 255).astype(np.uint8)
         self._draw_hair_front(img)
-        self._draw_eyes(img, blink)
+        self._draw_eyes(img)
         self._draw_nose(img)
+        self._static = img
+        self._chin_y = self.cy + 0.5 * self.b
+
+    def mouth_geometry(self, opening: float, width: float) -> tuple[float, float, float]:
+        """(inner-lip gap px, jaw drop px, mouth line y px) in the canonical (unposed) frame."""
+        h = opening * self.sp.mouth_width * self.a * width * 0.95
+        mouth_y = self.eye_y + self.sp.nose_len * self.b + 0.2 * self.b + 0.1 * h
+        return h, 0.85 * h, mouth_y
+
+    def render(self, opening: float, width: float, blink: float,
+               pose: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)) -> np.ndarray:
+        """RGB uint8 frame.  opening 0..1, width factor ~0.7..1.2, blink 0..1,
+        pose = (dx px, dy px, rotation deg, scale)."""
+        img = self._static.copy()
+        h, jaw_drop, mouth_y = self.mouth_geometry(opening, width)
+        if jaw_drop > 0.2:
+            outline = self.face_outline(jaw_drop)
+            lower = outline[outline[:, 1] > self._chin_y]
+            mask = np.zeros(img.shape[:2], np.uint8)
+            cv2.fillPoly(mask, [_pts(lower)], 255, cv2.LINE_8, _SHIFT)
+            cv2.copyTo(self._skin_shaded, mask, img)
+        if blink > 0.02:
+            self._draw_blink(img, blink)
         self._draw_mouth(img, opening, width, mouth_y)
         img = cv2.GaussianBlur(img, (3, 3), 0.6)
         dx, dy, rot, sc = pose
         if abs(dx) + abs(dy) + abs(rot) + abs(sc - 1) > 1e-6:
-            M = cv2.getRotationMatrix2D((self.cx, self.cy + 0.3 * b), rot, sc)
+            M = cv2.getRotationMatrix2D((self.cx, self.cy + 0.3 * self.b), rot, sc)
             M[0, 2] += dx
             M[1, 2] += dy
             img = cv2.warpAffine(img, M, (self.size, self.size), flags=cv2.INTER_LINEAR,

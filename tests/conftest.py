@@ -1,0 +1,76 @@
+"""Shared fixtures: the real clips (skipped when ../shared is absent) and small media writers."""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CORPUS = REPO.parent / "shared" / "corpus" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_corpus() -> Path:
+    if not any(REAL_CORPUS.glob("*/*.mp4")):
+        pytest.skip(f"real clips not found at {REAL_CORPUS} (a fresh clone without ../shared)")
+    return REAL_CORPUS
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 25, audio: np.ndarray | None = None,
+                video: bool = True) -> Path:
+    """A small H.264/AAC mp4 with or without either stream, for error-path tests."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=fps) if video else None
+        if vs is not None:
+            vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        as_ = out.add_stream("aac", rate=16000) if audio is not None else None
+        if as_ is not None:
+            as_.layout = "mono"
+        if vs is not None:
+            for img in frames:
+                for pkt in vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                    out.mux(pkt)
+            for pkt in vs.encode():
+                out.mux(pkt)
+        if as_ is not None:
+            for i in range(0, len(audio), 1024):
+                frame = av.AudioFrame.from_ndarray(audio[None, i:i + 1024].astype(np.float32),
+                                                   format="fltp", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = 16000, i, Fraction(1, 16000)
+                for pkt in as_.encode(frame):
+                    out.mux(pkt)
+            for pkt in as_.encode():
+                out.mux(pkt)
+    return path
+
+
+def tone(seconds: float, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def noise_frames(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def bad_inputs(tmp_path) -> dict[str, Path]:
+    """The bad inputs of the issue: each must become an error row with a reason."""
+    root = tmp_path / "bad"
+    root.mkdir()
+    files = {"empty": root / "empty.mp4", "text": root / "text.mp4", "truncated": root / "truncated.mp4",
+             "no_audio": root / "no_audio.mp4", "no_video": root / "no_video.mp4",
+             "no_face": root / "no_face.mp4"}
+    files["empty"].write_bytes(b"")
+    files["text"].write_text("this is not a video\n")
+    full = write_video(root / "full.mp4", noise_frames(50), audio=tone(2.0))
+    files["truncated"].write_bytes(full.read_bytes()[:2000])
+    full.unlink()
+    write_video(files["no_audio"], noise_frames(25))
+    write_video(files["no_video"], noise_frames(1), audio=tone(1.0), video=False)
+    write_video(files["no_face"], noise_frames(40, seed=1), audio=tone(1.6))
+    return files

@@ -1,0 +1,110 @@
+"""Seeded window-pair sampling: positives, same-speaker negatives and cross-speaker negatives.
+
+A pair is a visual window (utterance, start frame) and an audio window (utterance, start frame):
+
+- 'pos':   the audio window of the same utterance at the same start frame (label 1);
+- 'same':  the audio window of the same utterance shifted in time (label 0); half of them overlap
+           the visual window (|shift| 2..4 frames, hard) and half do not (|shift| >= 5);
+- 'cross': an audio window of an utterance of a DIFFERENT speaker (label 0). The paper adds these
+           so the model cannot call a pair "in sync" just because voice and face are the same
+           person's; their share of the negatives is `cross_speaker_ratio` (0.2 by default).
+
+Everything comes from one numpy Generator, so a seed fixes the whole sequence of batches (the
+evaluation set is simply the first n pairs of a sampler with a fixed seed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from training.data import Utterance
+
+KINDS = ("pos", "same", "cross")
+OVERLAP_SHIFTS = (2, 3, 4)  # a shift of 1 frame is too close to sync to call it a negative
+FAR_SHIFT = 5  # >= one whole window: no frame in common
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Indices into the visual and audio utterance lists, window starts, label and kind."""
+
+    v_utt: int
+    v_t: int
+    a_utt: int  # index into the sampler's audio pool
+    a_t: int
+    label: int  # 1 in sync, 0 not
+    kind: str  # 'pos' | 'same' | 'cross'
+
+    @property
+    def shift(self) -> int | None:
+        """Audio start minus visual start in frames (None across utterances)."""
+        return None if self.kind == "cross" else self.a_t - self.v_t
+
+
+class PairSampler:
+    """Draws pairs i.i.d. with P(pos) = pos_ratio and P(cross | neg) = cross_speaker_ratio.
+
+    `audio_pool` is where cross-speaker audio comes from (default: `utterances` themselves); the
+    visual utterance of a same-utterance pair is used for its audio too, and the pool must then
+    start with `utterances` so indices agree (pass `utterances + others`). A held-out split of a
+    single speaker needs another split's audio for its cross-speaker negatives.
+    """
+
+    def __init__(self, utterances: Sequence[Utterance], seed: int = 0,
+                 cross_speaker_ratio: float = 0.2, pos_ratio: float = 0.5,
+                 audio_pool: Sequence[Utterance] | None = None):
+        pool = list(audio_pool) if audio_pool is not None else list(utterances)
+        if any(pool[i] is not u for i, u in enumerate(utterances)):
+            raise ValueError("audio_pool must start with the visual utterances, in order")
+        self.utts, self.pool = list(utterances), pool
+        self.cross_ratio, self.pos_ratio = float(cross_speaker_ratio), float(pos_ratio)
+        self.rng = np.random.default_rng(seed)
+        windows = np.array([u.n_windows for u in self.utts], dtype=np.float64)
+        if windows.sum() == 0:
+            raise ValueError("no utterance has a full 5-frame window")
+        self.weights = windows / windows.sum()  # every visual window equally likely
+        speakers = [u.speaker_id for u in pool]
+        self.others = {s: np.array([i for i, o in enumerate(speakers) if o != s and pool[i].n_windows > 0])
+                       for s in set(speakers)}
+        if self.cross_ratio > 0 and any(len(self.others[u.speaker_id]) == 0 for u in self.utts):
+            raise ValueError("cross-speaker negatives need utterances of at least two speakers "
+                             "(pass an audio_pool with other speakers, or cross_speaker_ratio=0)")
+        nw = np.array([u.n_windows for u in self.utts])
+        self.can_shift = {False: nw > OVERLAP_SHIFTS[0], True: nw > FAR_SHIFT}  # overlap / far
+        if not self.can_shift[False].any() and self.cross_ratio < 1:
+            raise ValueError("same-speaker negatives need an utterance of at least 7 frames")
+
+    def _visual(self, mask: np.ndarray | None = None) -> tuple[int, int]:
+        weights = self.weights if mask is None else self.weights * mask / (self.weights * mask).sum()
+        i = int(self.rng.choice(len(self.utts), p=weights))
+        return i, int(self.rng.integers(self.utts[i].n_windows))
+
+    def _same(self) -> Pair:
+        far = bool(self.rng.random() < 0.5) and bool(self.can_shift[True].any())
+        for _ in range(1000):
+            i, t = self._visual(self.can_shift[far])
+            starts = np.arange(self.utts[i].n_windows)
+            dist = np.abs(starts - t)
+            ok = dist >= FAR_SHIFT if far else (dist >= OVERLAP_SHIFTS[0]) & (dist <= OVERLAP_SHIFTS[-1])
+            if ok.any():
+                return Pair(i, t, i, int(self.rng.choice(starts[ok])), 0, "same")
+        raise RuntimeError("could not draw a same-speaker negative")
+
+    def _cross(self) -> Pair:
+        i, t = self._visual()
+        j = int(self.rng.choice(self.others[self.utts[i].speaker_id]))
+        return Pair(i, t, j, int(self.rng.integers(self.pool[j].n_windows)), 0, "cross")
+
+    def draw(self) -> Pair:
+        if self.rng.random() < self.pos_ratio:
+            i, t = self._visual()
+            return Pair(i, t, i, t, 1, "pos")
+        if self.rng.random() < self.cross_ratio:
+            return self._cross()
+        return self._same()
+
+    def sample(self, n: int) -> list[Pair]:
+        """The next n pairs of this sampler's seeded sequence."""
+        return [self.draw() for _ in range(n)]

@@ -101,6 +101,8 @@ def extract_shard(store: str, dataset: str, shard_id: int, rows: list[dict], fie
                                                                  "face_size", "detection_confidence")},
                                     "errors": meta["errors"]})
     for name in todo:
+        for stale in tar_path(store, dataset, name, shard_id).parent.glob(f".{dataset}-{shard_id:06d}.*.tmp-*"):
+            stale.unlink(missing_ok=True)  # left by a killed run
         data = tar_bytes(members[name])
         write_atomic(tar_path(store, dataset, name, shard_id), data)
         side = {"field": name, "dataset": dataset, "shard_id": shard_id,

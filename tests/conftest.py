@@ -57,20 +57,23 @@ def noise_frames(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (n, size, size, 3), dtype=np.uint8)
 
 
-@pytest.fixture
-def bad_inputs(tmp_path) -> dict[str, Path]:
+def make_bad_inputs(root: Path) -> dict[str, Path]:
     """The bad inputs of the issue: each must become an error row with a reason."""
-    root = tmp_path / "bad"
-    root.mkdir()
+    root.mkdir(parents=True, exist_ok=True)
     files = {"empty": root / "empty.mp4", "text": root / "text.mp4", "truncated": root / "truncated.mp4",
-             "no_audio": root / "no_audio.mp4", "no_video": root / "no_video.mp4",
+             "no_audio": root / "no_audio.mp4", "no_video": root / "no_video.m4a",
              "no_face": root / "no_face.mp4"}
     files["empty"].write_bytes(b"")
     files["text"].write_text("this is not a video\n")
     full = write_video(root / "full.mp4", noise_frames(50), audio=tone(2.0))
-    files["truncated"].write_bytes(full.read_bytes()[:2000])
+    files["truncated"].write_bytes(full.read_bytes()[:3000])
     full.unlink()
     write_video(files["no_audio"], noise_frames(25))
     write_video(files["no_video"], noise_frames(1), audio=tone(1.0), video=False)
     write_video(files["no_face"], noise_frames(40, seed=1), audio=tone(1.6))
     return files
+
+
+@pytest.fixture
+def bad_inputs(tmp_path) -> dict[str, Path]:
+    return make_bad_inputs(tmp_path / "bad")

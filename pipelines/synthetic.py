@@ -121,6 +121,7 @@ def make_speaker(seed: int, index: int) -> SpeakerStyle:
     skin_perm = perm_rng.permutation(len(_SKIN_TONES))
     hair_perm = perm_rng.permutation(len(_HAIR_COLOURS))
     style_off = int(perm_rng.integers(3))
+    pitch_perm = perm_rng.permutation(8)
     skin = _SKIN_TONES[skin_perm[index % len(_SKIN_TONES)]] * rng.uniform(0.95, 1.04, 3)
     skin = np.clip(skin, 40, 255)
     lips = np.clip(skin * np.array([0.78, 0.52, 0.52]) + np.array([25, 0, 5]), 0, 255)
@@ -153,7 +154,8 @@ def make_speaker(seed: int, index: int) -> SpeakerStyle:
         iris=tuple(int(round(c)) for c in iris),
         background=tuple(int(round(c)) for c in bg),
         shirt=tuple(int(round(c)) for c in shirt),
-        pitch_hz=float(rng.uniform(90.0, 240.0)),
+        # log-spaced pitch bins (one per speaker of a block of 8) so speakers differ audibly
+        pitch_hz=float(90.0 * (240.0 / 90.0) ** ((pitch_perm[index % 8] + rng.uniform(0.15, 0.85)) / 8)),
         formant_scale=float(rng.uniform(0.85, 1.2)),
     )
 
@@ -711,9 +713,15 @@ def render_utterance(speaker: SpeakerStyle, rng: np.random.Generator, seconds: f
 
     * ``frames``: list of RGB uint8 arrays (size x size x 3), one per video frame;
     * ``times``: float64 array, presentation time (s) of each frame;
-    * ``audio``: float32 16 kHz mono, the *shifted* track that goes into the file
-      (``truth["_audio_unshifted"]`` holds the unshifted speech that drives the mouth);
-    * ``truth``: ground-truth dict (JSON fields except utt/speaker ids and seed).
+    * ``audio``: float32 16 kHz mono, the track that goes into the file, i.e. the speech
+      delayed by ``audio_shift_frames * 640`` samples (same length as the unshifted speech;
+      rendering again with the same rng state and ``audio_shift_frames=0`` gives the
+      unshifted speech that drives the mouth);
+    * ``truth``: JSON-serialisable ground-truth dict (the JSON fields except
+      utt_id / speaker_id / seed).
+
+    Consumes ``rng`` in a fixed order (frame times, speech, head motion, blinks), so the
+    same rng state gives identical frames and audio.
     """
     times, duration = frame_times(rng, seconds, fps, uneven_timing)
     speech, syllables = synthesize_speech(speaker, rng, duration)
@@ -750,7 +758,6 @@ def render_utterance(speaker: SpeakerStyle, rng: np.random.Generator, seconds: f
         "blink": [round(float(v), 4) for v in blink],
         "syllables": syllables,
         "speaker": speaker.to_json(),
-        "_audio_unshifted": speech,
     }
     return frames, times, audio, truth
 
@@ -804,6 +811,34 @@ def write_mp4(path: Path, frames: list[np.ndarray], times: np.ndarray, audio: np
             out.mux(pkt)
 
 
+def probe_mp4(path: Path) -> dict:
+    """Demux (no decoding) an mp4: video pts (s, sorted), video frame count, audio duration (s)."""
+    import av
+
+    vpts = []
+    with av.open(str(path)) as c:
+        vs, as_ = c.streams.video[0], c.streams.audio[0]
+        for pkt in c.demux(vs):
+            if pkt.pts is not None:
+                vpts.append(float(pkt.pts * pkt.time_base))
+        audio_s = float(as_.duration * as_.time_base) if as_.duration is not None else float("nan")
+        return {"video_pts": sorted(vpts), "n_frames": len(vpts), "audio_s": audio_s,
+                "sample_rate": as_.rate, "video_time_base": vs.time_base, "size": (vs.width, vs.height)}
+
+
+def verify_mp4(path: Path, times: np.ndarray, n_audio_samples: int, sr: int = SAMPLE_RATE) -> None:
+    """Raise RuntimeError unless the container holds exactly the written frames/pts and audio length."""
+    info = probe_mp4(path)
+    times = np.asarray(times, float)
+    if info["n_frames"] != len(times):
+        raise RuntimeError(f"{path}: {info['n_frames']} video frames in the container, wrote {len(times)}")
+    err = np.abs(np.asarray(info["video_pts"]) - times).max()
+    if err > 1e-4:
+        raise RuntimeError(f"{path}: video pts differ from the written ones by up to {err:.6f} s")
+    if not abs(info["audio_s"] - n_audio_samples / sr) < 0.005:
+        raise RuntimeError(f"{path}: audio lasts {info['audio_s']:.4f} s, wrote {n_audio_samples / sr:.4f} s")
+
+
 def utterance_seed_rng(seed: int, speaker_index: int, utt_index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(speaker_index), int(utt_index), 0xA0D10])
 
@@ -829,10 +864,10 @@ def generate_corpus(root: Path, n_speakers: int = 8, n_utterances: int = 6, seed
         seconds = float(rng.uniform(min_seconds, max_seconds))
         frames, times, audio, truth = render_utterance(speaker, rng, seconds, fps, audio_shift_frames,
                                                        uneven_timing, size, renderer=renderers[s])
-        truth.pop("_audio_unshifted")
         spk, utt = speaker.speaker_id, UTT_FMT.format(u)
         mp4 = root / spk / f"{utt}.mp4"
         write_mp4(mp4, frames, times, audio, fps, uneven_timing)
+        verify_mp4(mp4, times, len(audio))
         meta = {"utt_id": f"{spk}/{utt}", "speaker_id": spk, "seed": int(seed), **truth}
         mp4.with_suffix(".json").write_text(json.dumps(meta))
         paths.append(mp4)

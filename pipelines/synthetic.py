@@ -462,7 +462,7 @@ class FaceRenderer:
         for sgn, k in ((-1, 0.06), (1, 0.12)):
             d = ((xx - (cx + sgn * a * 0.14)) / (a * 0.06)) ** 2
             shade -= k * np.exp(-d) * inside * facef
-        # under-lip / chin shadow and under-nose shadow
+        # shadow under the nose
         d = ((xx - cx) / (a * 0.25)) ** 2 + ((yy - (ny1 + 0.06 * b)) / (b * 0.04)) ** 2
         shade -= 0.15 * np.exp(-d) * facef
         # cheeks slightly brighter
@@ -616,7 +616,7 @@ class FaceRenderer:
         if sp.hair_style == 2:
             top = _ellipse_pts(cx, cy - 0.05 * b, a * 1.04, b * 1.04, a0=195, a1=345, n=32)
             inner = _ellipse_pts(cx, hairline + 0.22 * b, a * 0.86, b * 0.55, a0=345, a1=195, n=32)
-            _poly(img, np.concatenate([top, inner[::-1][::-1]]), _mix(hair, sp.skin, 0.35))
+            _poly(img, np.concatenate([top, inner]), _mix(hair, sp.skin, 0.35))
             return
         top = _ellipse_pts(cx, cy - 0.04 * b, a * 1.1, b * 1.1, a0=180, a1=360, n=40)
         side_l = np.array([[cx + a * 1.1, cy + 0.0 * b], [cx + a * 0.98, cy - 0.05 * b]])

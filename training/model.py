@@ -37,6 +37,16 @@ def channels(c: int, width: float) -> int:
     return max(4, int(round(c * width)))
 
 
+def default_depth(width: float) -> float:
+    """Residual blocks kept per stage: all at paper size, none for narrow CPU models.
+
+    The residual blocks are most of the compute; a narrow model keeps the downsampling
+    convolutions (same receptive field, same shapes) and drops them, which makes a width-0.25
+    mel_landmarks step several times faster with little loss on this task.
+    """
+    return 1.0 if width >= 0.5 else 0.0
+
+
 class ConvBlock(nn.Module):
     """Conv2d + BatchNorm + ReLU; with `residual`, the input is added before the ReLU (Wav2Lip)."""
 
@@ -51,8 +61,9 @@ class ConvBlock(nn.Module):
         return F.relu(out + x if self.residual else out)
 
 
-def res(c: int, n: int) -> list[nn.Module]:
-    return [ConvBlock(c, c, residual=True) for _ in range(n)]
+def res(c: int, n: int, depth: float = 1.0) -> list[nn.Module]:
+    """`n` residual blocks at width-1 depth; `depth` < 1 drops some (narrow CPU models)."""
+    return [ConvBlock(c, c, residual=True) for _ in range(int(round(n * depth)))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,25 +72,25 @@ def res(c: int, n: int) -> list[nn.Module]:
 class ImageAdapter(nn.Sequential):
     """(C, 48, 96) lower-face images (rgb frames, one-hot parsing maps) -> (128w, 24, 24)."""
 
-    def __init__(self, cin: int, width: float):
+    def __init__(self, cin: int, width: float, depth: float = 1.0):
         c32, c64, c128 = (channels(c, width) for c in (32, 64, 128))
         super().__init__(
             ConvBlock(cin, c32, 7, 1, 3),
             ConvBlock(c32, c64, 5, (1, 2), 2),  # 48 x 96 -> 48 x 48
-            *res(c64, 2),
+            *res(c64, 2, depth),
             ConvBlock(c64, c128, 3, 2, 1),  # -> 24 x 24; the pool halves it again
-            *res(c128, 3))
+            *res(c128, 3, depth))
 
 
 class MelAdapter(nn.Sequential):
     """(1, 80, 16) mel window -> (128w, 9, 6)."""
 
-    def __init__(self, width: float):
+    def __init__(self, width: float, depth: float = 1.0):
         c32, c64, c128 = (channels(c, width) for c in (32, 64, 128))
         super().__init__(
-            ConvBlock(1, c32), *res(c32, 2),
-            ConvBlock(c32, c64, 3, (3, 1), 1), *res(c64, 2),  # -> 27 x 16
-            ConvBlock(c64, c128, 3, 3, 1), *res(c128, 2))  # -> 9 x 6
+            ConvBlock(1, c32), *res(c32, 2, depth),
+            ConvBlock(c32, c64, 3, (3, 1), 1), *res(c64, 2, depth),  # -> 27 x 16
+            ConvBlock(c64, c128, 3, 3, 1), *res(c128, 2, depth))  # -> 9 x 6
 
 
 class SequenceLift(nn.Module):
@@ -89,7 +100,8 @@ class SequenceLift(nn.Module):
     (the time order becomes the channel order, as Wav2Lip stacks frames) and convolved.
     """
 
-    def __init__(self, rows: int, dim: int, shape: tuple[int, int, int], width: float, k: int = 4):
+    def __init__(self, rows: int, dim: int, shape: tuple[int, int, int], width: float,
+                 depth: float = 1.0, k: int = 4):
         super().__init__()
         cout, h, w = shape
         hidden = channels(256, width)
@@ -98,8 +110,8 @@ class SequenceLift(nn.Module):
         cmid = channels(64, width)
         self.convs = nn.Sequential(
             nn.BatchNorm2d(rows * k), nn.ReLU(),
-            ConvBlock(rows * k, cmid), *res(cmid, 1),
-            ConvBlock(cmid, channels(cout, width)), *res(channels(cout, width), 1))
+            ConvBlock(rows * k, cmid), *res(cmid, 1, depth),
+            ConvBlock(cmid, channels(cout, width)), *res(channels(cout, width), 1, depth))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -107,23 +119,23 @@ class SequenceLift(nn.Module):
         return self.convs(maps)
 
 
-def visual_adapter(name: str, width: float, dim: int | None = None) -> nn.Module:
+def visual_adapter(name: str, width: float, depth: float = 1.0, dim: int | None = None) -> nn.Module:
     if name == "rgb":
-        return ImageAdapter(15, width)
+        return ImageAdapter(15, width, depth)
     if name == "parsing":
-        return ImageAdapter(5 * len(PARSING_CLASSES), width)
+        return ImageAdapter(5 * len(PARSING_CLASSES), width, depth)
     if name == "landmarks":
-        return SequenceLift(5, dim or LANDMARK_DIM, VISUAL_SHAPE, width)
+        return SequenceLift(5, dim or LANDMARK_DIM, VISUAL_SHAPE, width, depth)
     if name == "tdmm":
-        return SequenceLift(5, dim or TDMM_DIM, VISUAL_SHAPE, width)
+        return SequenceLift(5, dim or TDMM_DIM, VISUAL_SHAPE, width, depth)
     raise ValueError(f"unknown visual representation {name!r}")
 
 
-def audio_adapter(name: str, width: float, dim: int | None = None) -> nn.Module:
+def audio_adapter(name: str, width: float, depth: float = 1.0, dim: int | None = None) -> nn.Module:
     if name == "mel":
-        return MelAdapter(width)
+        return MelAdapter(width, depth)
     if name == "hubert":
-        return SequenceLift(10, dim or HUBERT_DIM, AUDIO_SHAPE, width)
+        return SequenceLift(10, dim or HUBERT_DIM, AUDIO_SHAPE, width, depth)
     raise ValueError(f"unknown audio representation {name!r}")
 
 
@@ -133,11 +145,11 @@ def audio_adapter(name: str, width: float, dim: int | None = None) -> nn.Module:
 class VisualTrunk(nn.Sequential):
     """(128w, 12, 12) -> (512w,) embedding; the last block's ReLU makes it non-negative."""
 
-    def __init__(self, width: float):
+    def __init__(self, width: float, depth: float = 1.0):
         c128, c256, c512 = (channels(c, width) for c in (128, 256, 512))
         super().__init__(
-            ConvBlock(c128, c256, 3, 2, 1), *res(c256, 2),  # -> 6 x 6
-            ConvBlock(c256, c512, 3, 2, 1), *res(c512, 3),  # -> 3 x 3
+            ConvBlock(c128, c256, 3, 2, 1), *res(c256, 2, depth),  # -> 6 x 6
+            ConvBlock(c256, c512, 3, 2, 1), *res(c512, 3, depth),  # -> 3 x 3
             ConvBlock(c512, c512, 3, 1, 0),  # -> 1 x 1
             ConvBlock(c512, c512, 1, 1, 0), nn.Flatten())
 
@@ -145,10 +157,10 @@ class VisualTrunk(nn.Sequential):
 class AudioTrunk(nn.Sequential):
     """(128w, 9, 6) -> (512w,) embedding."""
 
-    def __init__(self, width: float):
+    def __init__(self, width: float, depth: float = 1.0):
         c128, c256, c512 = (channels(c, width) for c in (128, 256, 512))
         super().__init__(
-            ConvBlock(c128, c256, 3, (3, 2), 1), *res(c256, 2),  # -> 3 x 3
+            ConvBlock(c128, c256, 3, (3, 2), 1), *res(c256, 2, depth),  # -> 3 x 3
             ConvBlock(c256, c512, 3, 1, 0),  # -> 1 x 1
             ConvBlock(c512, c512, 1, 1, 0), nn.Flatten())
 
@@ -156,17 +168,18 @@ class AudioTrunk(nn.Sequential):
 class UniSync(nn.Module):
     """p_sync(visual window, audio window) for one `<audio>_<visual>` combo."""
 
-    def __init__(self, combo: str, width: float = 1.0, visual_dim: int | None = None,
-                 audio_dim: int | None = None):
+    def __init__(self, combo: str, width: float = 1.0, depth: float | None = None,
+                 visual_dim: int | None = None, audio_dim: int | None = None):
         super().__init__()
-        self.combo, self.width = combo, width
+        depth = default_depth(width) if depth is None else depth
+        self.combo, self.width, self.depth = combo, width, depth
         audio, visual = parse_combo(combo)
-        self.visual_adapter = visual_adapter(visual, width, visual_dim)  # eps1
-        self.audio_adapter = audio_adapter(audio, width, audio_dim)  # eps3
+        self.visual_adapter = visual_adapter(visual, width, depth, visual_dim)  # eps1
+        self.audio_adapter = audio_adapter(audio, width, depth, audio_dim)  # eps3
         self.visual_pool = nn.AdaptiveAvgPool2d(VISUAL_SHAPE[1:])
         self.audio_pool = nn.AdaptiveAvgPool2d(AUDIO_SHAPE[1:])
-        self.visual_trunk = VisualTrunk(width)  # eps2
-        self.audio_trunk = AudioTrunk(width)  # eps4
+        self.visual_trunk = VisualTrunk(width, depth)  # eps2
+        self.audio_trunk = AudioTrunk(width, depth)  # eps4
 
     def embed_visual(self, visual: torch.Tensor) -> torch.Tensor:
         return F.relu(self.visual_trunk(self.visual_pool(self.visual_adapter(visual))))

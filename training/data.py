@@ -208,3 +208,21 @@ def load_utterances(store: Path | str, fields: list[str], splits: Iterable[str],
     all_rows = read_catalog(store)
     rows = select_rows(all_rows, fields, splits, store)
     return list(stream_utterances(store, fields, rows, all_rows, landmarks_center))
+
+
+def load_splits(store: Path | str, fields: list[str], splits: Iterable[str],
+                landmarks_center: bool = True) -> dict[str, list[Utterance]]:
+    """split -> its usable utterances, reading the field tars once; every split must be non-empty."""
+    splits = list(splits)
+    all_rows = read_catalog(store)
+    rows = []
+    for split in splits:  # raises, naming the split and the store, when one has nothing usable
+        rows += select_rows(all_rows, fields, [split], store)
+    out: dict[str, list[Utterance]] = {s: [] for s in splits}
+    for utt in stream_utterances(store, fields, rows, all_rows, landmarks_center):
+        out[utt.split].append(utt)
+    for split, utts in out.items():
+        if not utts:
+            raise StoreError(f"store {store}: no utterance of split {split!r} is long enough for a "
+                             f"{WINDOW}-frame window")
+    return out

@@ -1,0 +1,41 @@
+"""UniSync's margin binary cross-entropy (paper Eq. 1).
+
+    L = -mean[ y log p + (1 - y) log(1 - max(0, p - m)) ]    (+ L2, from the optimiser)
+
+A negative pair whose p_sync is already below its margin m costs nothing, so the model stops
+pushing easy negatives to 0 and spends its capacity on the hard ones; m depends on the negative's
+kind (same-speaker shifted audio, or another speaker's audio). Positives are plain BCE. The L2
+term is Adam's coupled weight decay (torch.optim.Adam(weight_decay=1e-4) adds wd * w to the
+gradient, i.e. the gradient of wd/2 * ||w||^2), see `make_optimizer`.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from training.sampler import KINDS
+
+EPS = 1e-7  # p is clamped to [EPS, 1 - EPS] so neither log can be -inf
+
+
+def margins_for(kind: torch.Tensor, margins: tuple[float, float]) -> torch.Tensor:
+    """Margin per pair from its kind index (sampler.KINDS): 0 for 'pos', then (same, cross)."""
+    table = torch.tensor([0.0, *margins], dtype=torch.float32, device=kind.device)
+    assert KINDS == ("pos", "same", "cross")
+    return table[kind]
+
+
+def margin_bce(p: torch.Tensor, y: torch.Tensor, m: torch.Tensor | float = 0.0,
+               eps: float = EPS) -> torch.Tensor:
+    """Eq. 1 averaged over the batch; p, y and m are (B,) (m may be a scalar)."""
+    p = p.clamp(eps, 1.0 - eps)
+    y = y.to(p.dtype)
+    neg = (p - m).clamp(min=0.0)  # max(0, p - m): below the margin a negative is free
+    return -(y * torch.log(p) + (1.0 - y) * torch.log1p(-neg)).mean()
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float = 1e-4,
+                   weight_decay: float = 1e-4) -> torch.optim.Optimizer:
+    """The paper's optimiser: Adam, betas (0.5, 0.999), coupled L2 weight decay."""
+    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)

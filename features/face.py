@@ -5,6 +5,7 @@ the full-range detector first and run the mesh on a square crop around it.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,6 +134,7 @@ class FaceTracker:
 
     def __init__(self, max_gap: int = 5, max_missing: float = 0.2, smooth_window: int = 5,
                  min_confidence: float = 0.5):
+        os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's per-graph warnings drown progress
         import mediapipe as mp
 
         self.max_gap, self.max_missing, self.smooth_window = max_gap, max_missing, smooth_window

@@ -160,7 +160,7 @@ def train(args: argparse.Namespace) -> dict:
     metrics = open(out / "metrics.jsonl", "w")
     best_acc, best_step, losses, step = -1.0, 0, [], 0
     t0 = time.perf_counter()
-    bar = tqdm(range(args.steps), desc=args.combo, unit="step", dynamic_ncols=True)
+    bar = tqdm(range(args.steps), desc=args.combo, unit="step", dynamic_ncols=True, mininterval=1.0)
     for step in bar:
         batch = to_device(make_batch(sampler.sample(args.batch_size), train_utts, train_utts,
                                      audio, visual), device)

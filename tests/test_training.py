@@ -295,6 +295,25 @@ def test_rgb_window_is_the_lower_half_of_the_window_frames(store):
     assert np.allclose(x[3:6], frames[1, 48:].transpose(2, 0, 1) / 255.0)
 
 
+def test_windows_keep_audio_and_video_in_sync(store):
+    """The fixture's mel energy and mouth opening come from one envelope: sliced on the shared
+    timebase, they correlate best at shift 0 (an off-by-some-frames slicing bug would move it)."""
+    from training.windows import window
+    utts = load_utterances(store, ["mel", "landmarks"], ["val", "test"])
+    scores = {}
+    for shift in (-3, -2, 0, 2, 3):
+        r = []
+        for u in utts:
+            ts = range(max(0, -shift), min(u.n_windows, u.n_windows - shift))
+            energy = [window(u, "mel", t + shift)[0].mean() for t in ts]
+            mouth = [window(u, "landmarks", t).reshape(5, 478, 3)[:, LOWER_MOUTH, 1].mean() for t in ts]
+            r.append(np.corrcoef(energy, mouth)[0, 1])
+        scores[shift] = float(np.mean(r))
+    assert max(scores, key=scores.get) == 0 and scores[0] > 0.5, scores
+    u = utts[0]
+    assert np.array_equal(window(u, "mel", 7)[0], u.data["mel"][:, 22:38].astype(np.float32))
+
+
 def test_paper_size_parameter_count():
     n = count_parameters(UniSync("mel_rgb", width=1.0))
     assert abs(n - 16.3e6) / 16.3e6 < 0.10, n
@@ -332,8 +351,8 @@ def test_fit_lowers_the_loss_and_writes_its_outputs(store, tmp_path):
     assert on_disk == json.loads(json.dumps(final))
     assert final["combo"] == "mel_landmarks" and final["steps"] == 60 and final["width"] == 0.25
     assert final["params"] == count_parameters(UniSync("mel_landmarks", 0.25))
-    for split in ("val", "test"):
-        assert 0 <= final[split]["balanced_accuracy"] <= 1
+    for split in ("val", "test"):  # held-out speakers: 60 steps already beat chance clearly
+        assert final[split]["balanced_accuracy"] > 0.6, final[split]
         assert set(final[split]["per_type"]) >= {"pos", "same", "cross"}
     model, ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == 60 and ckpt["args"]["combo"] == "mel_landmarks"

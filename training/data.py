@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from catalog.layout import table_path, tar_path
-from features.codecs import decode_npy
+from features.codecs import decode_npy, jpeg_sequence_length
 from features.fields import ERROR_EXT, FIELDS
 from features.timebase import FPS, WINDOW, n_windows, window_slice
 
@@ -132,7 +132,6 @@ def decode_member(name: str, ext: str, data: bytes, landmarks_center: bool = Tru
 def _length(name: str, value: Any) -> int:
     """Rows of a field on its own timebase (mel is stored bands-first: (80, T))."""
     if name == "rgb":
-        from features.codecs import jpeg_sequence_length
         return jpeg_sequence_length(value)
     return value.shape[1] if name == "mel" else value.shape[0]
 
@@ -148,14 +147,14 @@ def stream_utterances(store: Path | str, fields: list[str], rows: list[dict],
                       landmarks_center: bool = True) -> Iterator[Utterance]:
     """Utterances of `rows`, shard by shard, reading only the tars of `fields`.
 
-    `all_rows` (the whole catalog) gives each shard's full member order, so the keys read from
-    every field tar are checked against the plan; placeholder members (`<key>.error.json`) of
-    utterances that are not wanted are skipped.
+    `all_rows` (the whole catalog; read from the store when omitted) gives each shard's full
+    member order, so the keys read from every field tar are checked against the plan; members of
+    utterances that are not wanted, placeholders (`<key>.error.json`) included, are skipped.
     """
     store = Path(store)
     wanted = {(r["dataset"], r["key"]): r for r in rows}
     plan: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for r in all_rows if all_rows is not None else rows:
+    for r in all_rows if all_rows is not None else read_catalog(store):
         plan[(r["dataset"], r["shard_id"])].append(r)
     shards = sorted({(r["dataset"], r["shard_id"]) for r in rows})
     for dataset, shard_id in shards:

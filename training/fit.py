@@ -36,7 +36,7 @@ from training.evaluate import EvalSet, eval_set, evaluate, offset_accuracy
 from training.loss import make_optimizer, margin_bce, margins_for
 from training.model import UniSync, count_parameters
 from training.sampler import PairSampler
-from training.windows import Batch, make_batch
+from training.windows import make_batch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,12 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0,
                    help="channel multiplier: 1.0 is paper size (~16.3M params), 0.25 a CPU demo")
     p.add_argument("--depth", type=float, default=None,
-                   help="residual-block multiplier (default: 1 for width >= 0.5, else 0)")
+                   help="residual-block multiplier; unset: 1 at width >= 0.5, else 0")
     p.add_argument("--seed", type=int, default=0, help="model init and pair sampling seed")
     p.add_argument("--cross-speaker-ratio", type=float, default=0.2,
                    help="share of negatives taken from another speaker")
     p.add_argument("--margins", default=None,
-                   help="Eq. 1 margins 'same,cross' (default: 0.1,0.3 for mel, 0.3,0.7 for hubert)")
+                   help="Eq. 1 margins 'same,cross'; unset: 0.1,0.3 for mel, 0.3,0.7 for hubert")
     p.add_argument("--eval-every", type=int, default=500, help="evaluate on val every N steps (0: end only)")
     p.add_argument("--eval-pairs", type=int, default=1000, help="fixed seeded pairs per held-out split")
     p.add_argument("--offset-windows", type=int, default=200,
@@ -94,23 +94,24 @@ def held_out_set(splits: dict[str, list[Utterance]], split: str, n_pairs: int,
     return eval_set(utts, n_pairs, cross_speaker_ratio=ratio, others=others)
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    batch = batch.to(device)
-    if device.type == "cpu":  # oneDNN convolutions are ~2x faster on channels-last tensors
-        batch.visual = _channels_last(batch.visual)
-        batch.audio = _channels_last(batch.audio)
-    return batch
+def row_size(utts: list[Utterance], name: str) -> int | None:
+    """Row size of a sequence representation as stored (landmarks 478*3, tdmm, hubert)."""
+    if name not in ("landmarks", "tdmm", "hubert"):
+        return None
+    shape = utts[0].data[name].shape
+    return int(shape[1] * shape[2]) if name == "landmarks" else int(shape[-1])
 
 
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+def model_config(model: UniSync) -> dict:
+    """What `UniSync(**config)` needs to rebuild the model of a checkpoint."""
+    return {"combo": model.combo, "width": model.width, "depth": model.depth,
+            "visual_dim": model.visual_dim, "audio_dim": model.audio_dim}
 
 
 def save_checkpoint(path: Path, model: UniSync, optimizer: torch.optim.Optimizer, step: int,
                     args: argparse.Namespace, extra: dict | None = None) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-             "args": vars(args), "config": {"combo": model.combo, "width": model.width,
-                                            "depth": model.depth}, **(extra or {})}
+             "args": vars(args), "config": model_config(model), **(extra or {})}
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
@@ -147,8 +148,9 @@ def train(args: argparse.Namespace) -> dict:
     load_seconds = time.perf_counter() - started
 
     # model and optimiser
-    model = UniSync(args.combo, args.width, args.depth).to(device)
-    if device.type == "cpu":
+    model = UniSync(args.combo, args.width, args.depth, row_size(train_utts, visual),
+                    row_size(train_utts, audio)).to(device)
+    if device.type == "cpu":  # matches Batch.to: channels-last convolutions are faster on CPU
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), args.lr, args.weight_decay)
     n_params = count_parameters(model)
@@ -158,12 +160,12 @@ def train(args: argparse.Namespace) -> dict:
           file=sys.stderr)
 
     metrics = open(out / "metrics.jsonl", "w")
-    best_acc, best_step, losses, step = -1.0, 0, [], 0
+    best_acc, best_step, losses, step = -1.0, 0, [], 0  # best_step 0: no eval yet
     t0 = time.perf_counter()
     bar = tqdm(range(args.steps), desc=args.combo, unit="step", dynamic_ncols=True, mininterval=1.0)
     for step in bar:
-        batch = to_device(make_batch(sampler.sample(args.batch_size), train_utts, train_utts,
-                                     audio, visual), device)
+        batch = make_batch(sampler.sample(args.batch_size), train_utts, train_utts,
+                           audio, visual).to(device)
         p = model(batch.visual, batch.audio)
         loss = margin_bce(p, batch.label, margins_for(batch.kind, margins))
         optimizer.zero_grad(set_to_none=True)
@@ -202,13 +204,14 @@ def train(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - t0
     save_checkpoint(out / "checkpoint.pt", model, optimizer, steps_run, args)
 
-    # final reports: the best-val state on val and test
-    if (out / "best.pt").exists():
+    # final reports: the best-val state (selected on val, so test is the unbiased figure)
+    if best_step:
         model.load_state_dict(torch.load(out / "best.pt", map_location=device,
                                          weights_only=False)["model"])
     final = {"combo": args.combo, "steps": steps_run, "params": n_params, "width": args.width,
              "depth": model.depth, "seconds": round(seconds, 2), "load_seconds": round(load_seconds, 2),
              "step_seconds": round(seconds / max(1, steps_run), 4), "best_step": best_step,
+             "weights": "best" if best_step else "last",
              "batch_size": args.batch_size, "lr": args.lr, "margins": list(margins),
              "cross_speaker_ratio": args.cross_speaker_ratio,
              "train": {"utterances": len(train_utts),

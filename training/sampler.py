@@ -61,40 +61,46 @@ class PairSampler:
         self.utts, self.pool = list(utterances), pool
         self.cross_ratio, self.pos_ratio = float(cross_speaker_ratio), float(pos_ratio)
         self.rng = np.random.default_rng(seed)
-        windows = np.array([u.n_windows for u in self.utts], dtype=np.float64)
+        windows = np.array([u.n_windows for u in self.utts])
         if windows.sum() == 0:
             raise ValueError("no utterance has a full 5-frame window")
-        self.weights = windows / windows.sum()  # every visual window equally likely
         speakers = [u.speaker_id for u in pool]
         self.others = {s: np.array([i for i, o in enumerate(speakers) if o != s and pool[i].n_windows > 0])
                        for s in set(speakers)}
         if self.cross_ratio > 0 and any(len(self.others[u.speaker_id]) == 0 for u in self.utts):
             raise ValueError("cross-speaker negatives need utterances of at least two speakers "
                              "(pass an audio_pool with other speakers, or cross_speaker_ratio=0)")
-        nw = np.array([u.n_windows for u in self.utts])
-        self.can_shift = {False: nw > OVERLAP_SHIFTS[0], True: nw > FAR_SHIFT}  # overlap / far
+        # utterances long enough for an overlapping (False) / a far (True) shift
+        self.can_shift = {False: windows > OVERLAP_SHIFTS[0], True: windows > FAR_SHIFT}
         if not self.can_shift[False].any() and self.cross_ratio < 1:
             raise ValueError("same-speaker negatives need an utterance of at least 7 frames")
+        # cumulative window counts: a uniform visual window is one searchsorted away
+        self.cdf = {None: np.cumsum(windows)}
+        for far, ok in self.can_shift.items():
+            self.cdf[far] = np.cumsum(windows * ok)
 
-    def _visual(self, mask: np.ndarray | None = None) -> tuple[int, int]:
-        weights = self.weights if mask is None else self.weights * mask / (self.weights * mask).sum()
-        i = int(self.rng.choice(len(self.utts), p=weights))
+    def _visual(self, far: bool | None = None) -> tuple[int, int]:
+        """A uniform visual window (of utterances long enough for the shift kind `far`)."""
+        cdf = self.cdf[far]
+        i = min(int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right")), len(cdf) - 1)
         return i, int(self.rng.integers(self.utts[i].n_windows))
 
     def _same(self) -> Pair:
         far = bool(self.rng.random() < 0.5) and bool(self.can_shift[True].any())
         for _ in range(1000):
-            i, t = self._visual(self.can_shift[far])
+            i, t = self._visual(far)
             starts = np.arange(self.utts[i].n_windows)
             dist = np.abs(starts - t)
             ok = dist >= FAR_SHIFT if far else (dist >= OVERLAP_SHIFTS[0]) & (dist <= OVERLAP_SHIFTS[-1])
             if ok.any():
-                return Pair(i, t, i, int(self.rng.choice(starts[ok])), 0, "same")
+                cands = starts[ok]
+                return Pair(i, t, i, int(cands[self.rng.integers(len(cands))]), 0, "same")
         raise RuntimeError("could not draw a same-speaker negative")
 
     def _cross(self) -> Pair:
         i, t = self._visual()
-        j = int(self.rng.choice(self.others[self.utts[i].speaker_id]))
+        others = self.others[self.utts[i].speaker_id]
+        j = int(others[self.rng.integers(len(others))])
         return Pair(i, t, j, int(self.rng.integers(self.pool[j].n_windows)), 0, "cross")
 
     def draw(self) -> Pair:

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from features import rgb as rgb_codec
-from features.timebase import WINDOW
+from features.timebase import WINDOW, window_slice
 from training.data import Utterance, rate_of
 from training.sampler import KINDS, Pair
-from features.timebase import window_slice
 
 # Parsing classes the lower face shows (CelebAMask-HQ ids): skin, nose, inner mouth, upper lip, lower lip.
 PARSING_CLASSES = (1, 10, 11, 12, 13)
@@ -57,8 +56,17 @@ class Batch:
     kind: torch.Tensor  # index into sampler.KINDS
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(self.visual.to(device), self.audio.to(device), self.label.to(device),
-                     self.kind.to(device))
+        """On `device`; image-like inputs go channels-last on a CPU, where oneDNN convolutions
+        run about twice as fast in that layout (values are unchanged)."""
+        device = torch.device(device)
+        return Batch(_layout(self.visual.to(device)), _layout(self.audio.to(device)),
+                     self.label.to(device), self.kind.to(device))
+
+
+def _layout(x: torch.Tensor) -> torch.Tensor:
+    if x.device.type == "cpu" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def make_batch(pairs: Sequence[Pair], utts: Sequence[Utterance], pool: Sequence[Utterance],

@@ -91,9 +91,13 @@ def run_shards(ray, store: Path, dataset: str, plan: list[dict], fields: list[st
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    fields = resolve(args.fields)
     store = args.store.resolve()
-    utterances = list_utterances(args.dataset, args.root)
+    try:
+        fields = resolve(args.fields)
+        utterances = list_utterances(args.dataset, args.root)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not utterances:
         print(f"error: no videos found under {args.root} for dataset {args.dataset!r}", file=sys.stderr)
         return 2

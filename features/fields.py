@@ -26,13 +26,15 @@ class Sources:
     """One utterance's inputs, each computed once on first use."""
 
     def __init__(self, video_path: Path | str, audio_path: Path | str | None,
-                 tracker: Callable[[], FaceTracker]):
+                 tracker: Callable[[], FaceTracker], start_s: float | None = None,
+                 end_s: float | None = None):
         self.video_path, self.audio_path = Path(video_path), audio_path
+        self.segment = (start_s, end_s)
         self._tracker = tracker
 
     @cached_property
     def media(self) -> Media:
-        return load_media(self.video_path, self.audio_path)
+        return load_media(self.video_path, self.audio_path, *self.segment)
 
     @cached_property
     def face(self) -> FaceTrack:

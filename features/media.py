@@ -166,8 +166,13 @@ def fit_length(audio: np.ndarray, n_samples: int) -> np.ndarray:
     return np.pad(audio, (0, n_samples - len(audio)))
 
 
-def load_media(video_path: Path | str, audio_path: Path | str | None = None) -> Media:
-    """Decode one utterance onto the shared timebase; raises MediaError naming the file."""
+def load_media(video_path: Path | str, audio_path: Path | str | None = None,
+               start_s: float | None = None, end_s: float | None = None) -> Media:
+    """Decode one utterance onto the shared timebase; raises MediaError naming the file.
+
+    `start_s` / `end_s` (seconds from the first video frame) cut a segment out of a long source,
+    e.g. a pretrain utterance split at word boundaries; the cut is made on the 25 fps grid.
+    """
     video_path = Path(video_path)
     frames, pts, facts = decode_video(video_path)
     idx = grid_indices(pts - pts[0])
@@ -177,8 +182,12 @@ def load_media(video_path: Path | str, audio_path: Path | str | None = None) -> 
         audio, afacts = decode_audio(video_path, start_s=float(pts[0]))
     else:
         audio, afacts = decode_audio(Path(audio_path), start_s=0.0)
-    n = len(idx)
     facts.update(afacts)
-    facts.update({"n_frames": n, "first_pts": float(pts[0]),
-                  "source_duration_s": round(n / FPS, 4)})
-    return Media(frames=frames[idx], audio=fit_length(audio, n * SAMPLES_PER_FRAME), facts=facts)
+    facts.update({"first_pts": float(pts[0]), "source_duration_s": round(len(idx) / FPS, 4)})
+    first = 0 if start_s is None else max(0, int(round(start_s * FPS)))
+    last = len(idx) if end_s is None else min(len(idx), int(round(end_s * FPS)))
+    if last <= first:
+        raise MediaError(video_path, f"segment [{start_s}, {end_s}) s holds no frames")
+    audio = fit_length(audio, last * SAMPLES_PER_FRAME)[first * SAMPLES_PER_FRAME:]
+    facts.update({"n_frames": last - first, "segment_frames": [first, last]})
+    return Media(frames=frames[idx[first:last]], audio=audio, facts=facts)

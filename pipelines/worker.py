@@ -75,7 +75,8 @@ def extract_shard(store: str, dataset: str, shard_id: int, rows: list[dict], fie
     entries: dict[str, list[dict]] = {f: [] for f in todo}
     frames = 0
     for row in rows:
-        sources = Sources(row["video_path"], row["audio_path"], _tracker)
+        sources = Sources(row["video_path"], row["audio_path"], _tracker,
+                          row.get("start_s"), row.get("end_s"))
         results: dict[str, dict] = {}
         for name in (f for f in todo if f != "meta"):
             field = FIELDS[name]

@@ -38,6 +38,14 @@ class FaceTrack:
     missing_frames: list[int]  # frames filled by holding or interpolating neighbours
 
 
+def crop_to_image(landmarks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Crop-pixel landmarks (n, 478, 3) back to source-frame pixels, given the crop boxes."""
+    scale = (boxes[:, 2] / CROP_SIZE)[:, None, None]
+    out = landmarks.astype(np.float32) * scale
+    out[:, :, :2] += boxes[:, None, :2]
+    return out
+
+
 def fill_gaps(values: np.ndarray, valid: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
     """Linearly interpolate runs of invalid frames no longer than max_gap (edges hold).
 

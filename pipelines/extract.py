@@ -21,7 +21,8 @@ if __package__ in (None, ""):
 
 from catalog.build import build_catalog, write_plan  # noqa: E402
 from catalog.layout import STORE_VERSION, read_store_json, write_store_json  # noqa: E402
-from features.fields import FIELDS, resolve  # noqa: E402
+from features.fields import DEFAULT_FIELDS, FIELDS, Options, resolve  # noqa: E402
+from features.hubert import DEFAULT_MODEL, MANDARIN_MODEL  # noqa: E402
 from features.timebase import FPS, WINDOW  # noqa: E402
 from pipelines.adapters import ADAPTERS, list_utterances  # noqa: E402
 from pipelines.plan import extend_plan, read_plan, shards_of  # noqa: E402
@@ -32,8 +33,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", required=True, choices=sorted(ADAPTERS), help="corpus adapter")
     p.add_argument("--root", required=True, type=Path, help="corpus root folder")
     p.add_argument("--store", required=True, type=Path, help="feature store folder (shared by all nodes)")
-    p.add_argument("--fields", nargs="+", default=["audio", "rgb", "landmarks", "mel", "meta"],
+    p.add_argument("--fields", nargs="+", default=DEFAULT_FIELDS,
                    help=f"fields to extract, or 'all'; known: {list(FIELDS) + ['meta']}")
+    p.add_argument("--hubert-model", default=None,
+                   help=f"HuBERT hub id or local directory (default: {DEFAULT_MODEL}; "
+                        f"{MANDARIN_MODEL} for Mandarin corpora)")
+    p.add_argument("--hubert-layer", type=int, default=-1, help="hidden layer to store (-1: last)")
     p.add_argument("--workers", type=int, default=None,
                    help="concurrent shard tasks (default: every CPU Ray offers)")
     p.add_argument("--shard-size", type=int, default=16, help="utterances per shard (new shards only)")
@@ -59,22 +64,24 @@ def init_ray(address: str | None, workers: int | None):
 
 
 def run_shards(ray, store: Path, dataset: str, plan: list[dict], fields: list[str], overwrite: bool,
-               workers: int | None, max_retries: int) -> tuple[int, list[str]]:
+               workers: int | None, max_retries: int, options: Options, gpu: bool = False
+               ) -> tuple[int, list[str]]:
     """Run one task per shard with at most `workers` in flight; returns frames and failures."""
     from tqdm import tqdm
 
     from pipelines.worker import extract_shard
 
-    task = ray.remote(num_cpus=1, max_retries=max_retries)(extract_shard)
+    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=max_retries)(extract_shard)
     limit = workers or max(1, int(ray.available_resources().get("CPU", 1)))
     pending = list(shards_of(plan).items())
     in_flight, frames, failures = {}, 0, []
-    bar = tqdm(total=len(pending), desc=f"extract {dataset}", unit="shard")
+    bar = tqdm(total=len(pending), desc=f"{dataset} {'+'.join(f for f in fields if f != 'meta')}",
+               unit="shard")
     started = time.perf_counter()
     while pending or in_flight:
         while pending and len(in_flight) < limit:
             shard_id, rows = pending.pop(0)
-            ref = task.remote(str(store), dataset, shard_id, rows, fields, overwrite)
+            ref = task.remote(str(store), dataset, shard_id, rows, fields, overwrite, options)
             in_flight[ref] = shard_id
         done, _ = ray.wait(list(in_flight), num_returns=1)
         shard_id = in_flight.pop(done[0])
@@ -87,6 +94,33 @@ def run_shards(ray, store: Path, dataset: str, plan: list[dict], fields: list[st
         bar.set_postfix(fps=f"{frames / max(time.perf_counter() - started, 1e-9):.1f}")
     bar.close()
     return frames, failures
+
+
+def extract_fields(ray, store: Path, args: argparse.Namespace, plan: list[dict], fields: list[str]
+                   ) -> tuple[int, list[str]]:
+    """Run the fields in dependency order: the per-shard fields first; then, once the corpus's
+    landmarks are stored, fit the morphable model and extract tdmm; then the GPU fields in
+    GPU tasks when the cluster has GPUs (else they ran with the rest on CPUs)."""
+    from pipelines.models import ensure_tdmm_model
+
+    hubert = args.hubert_model or (MANDARIN_MODEL if args.dataset in MANDARIN else DEFAULT_MODEL)
+    options = Options(hubert_model=hubert, hubert_layer=args.hubert_layer)
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    on_gpu = [f for f in fields if f in FIELDS and FIELDS[f].gpu and has_gpu]
+    first = [f for f in fields if f != "tdmm" and f not in on_gpu]
+    run = dict(overwrite=args.overwrite, workers=args.workers, max_retries=args.max_retries)
+    frames, failures = run_shards(ray, store, args.dataset, plan, first, options=options, **run)
+    if "tdmm" in fields and not failures:
+        options.tdmm_model = ensure_tdmm_model(store, args.dataset, plan, refit=args.overwrite)
+        f2, fail2 = run_shards(ray, store, args.dataset, plan, ["tdmm"], options=options, **run)
+        frames, failures = frames + f2, failures + fail2
+    if on_gpu and not failures:
+        f3, fail3 = run_shards(ray, store, args.dataset, plan, on_gpu, options=options, gpu=True, **run)
+        frames, failures = frames + f3, failures + fail3
+    return frames, failures
+
+
+MANDARIN = {"cncvs"}  # datasets whose HuBERT default is the Chinese model
 
 
 def main(argv=None) -> int:
@@ -112,12 +146,17 @@ def main(argv=None) -> int:
                 fields={f: {"version": FIELDS[f].version, "ext": FIELDS[f].ext, "rate": FIELDS[f].rate}
                         if f in FIELDS else {"version": "meta-1", "ext": "json", "rate": None}
                         for f in store_fields})
+    if "hubert" in store_fields:
+        info["fields"]["hubert"].update(info.get("hubert", {}))
+    if "hubert" in fields:
+        info["hubert"] = {"model": args.hubert_model or (MANDARIN_MODEL if args.dataset in MANDARIN
+                                                         else DEFAULT_MODEL), "layer": args.hubert_layer}
+        info["fields"]["hubert"].update(info["hubert"])
     write_store_json(store, info)
 
     ray = init_ray(args.address, args.workers)
     started = time.perf_counter()
-    frames, failures = run_shards(ray, store, args.dataset, dataset_plan, fields, args.overwrite,
-                                  args.workers, args.max_retries)
+    frames, failures = extract_fields(ray, store, args, dataset_plan, fields)
     seconds = time.perf_counter() - started
     tables = build_catalog(store, plan, store_fields, val=args.val, test=args.test, seed=args.split_seed)
     utts = tables["utterances"].to_pylist()

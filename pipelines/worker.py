@@ -12,11 +12,12 @@ import traceback
 from pathlib import Path
 
 from catalog.layout import sidecar_path, tar_path
-from features.fields import ERROR_EXT, FIELDS, META_EXT, Sources
+from features.fields import ERROR_EXT, FIELDS, META_EXT, Options, Sources
 from features.timebase import FPS
-from pipelines.tars import sha256, tar_bytes, write_atomic
+from pipelines.tars import read_members, sha256, tar_bytes, write_atomic
 
 _TRACKER = None  # one FaceTracker per worker process: the MediaPipe graphs load once
+_TDMM: dict[str, object] = {}  # morphable models by path, loaded once per worker
 
 
 def _tracker():
@@ -26,6 +27,30 @@ def _tracker():
 
         _TRACKER = FaceTracker()
     return _TRACKER
+
+
+def _tdmm_loader(path):
+    def load():
+        if str(path) not in _TDMM:
+            from features.tdmm import MorphableModel
+
+            _TDMM[str(path)] = MorphableModel.load(path)
+        return _TDMM[str(path)]
+    return load
+
+
+def stored_inputs(store: Path, dataset: str, shard_id: int, todo: list[str]) -> dict[str, dict[str, bytes]]:
+    """key -> {field: bytes} for the complete stored fields that pending fields are made from."""
+    wanted = {n for f in todo if f in FIELDS for n in FIELDS[f].needs} - set(todo)
+    out: dict[str, dict[str, bytes]] = {}
+    for name in sorted(wanted):
+        if not is_complete(store, dataset, name, shard_id):
+            continue
+        for member, data in read_members(tar_path(store, dataset, name, shard_id)):
+            key, ext = member.split(".", 1)
+            if ext == FIELDS[name].ext:
+                out.setdefault(key, {})[name] = data
+    return out
 
 
 def is_complete(store: Path, dataset: str, field: str, shard_id: int) -> bool:
@@ -66,24 +91,27 @@ def _meta(row: dict, sources: Sources, results: dict[str, dict]) -> dict:
 
 
 def extract_shard(store: str, dataset: str, shard_id: int, rows: list[dict], fields: list[str],
-                  overwrite: bool = False) -> dict:
+                  overwrite: bool = False, options: Options | None = None) -> dict:
     """Write the shard's pending field tars; returns counts and timing for the progress bar."""
     store = Path(store)
+    options = options or Options()
     todo = [f for f in fields if overwrite or not is_complete(store, dataset, f, shard_id)]
+    stored = stored_inputs(store, dataset, shard_id, todo)
+    tdmm = _tdmm_loader(options.tdmm_model) if options.tdmm_model else None
     started = time.perf_counter()
     members: dict[str, list[tuple[str, bytes]]] = {f: [] for f in todo}
     entries: dict[str, list[dict]] = {f: [] for f in todo}
     frames = 0
     for row in rows:
-        sources = Sources(row["video_path"], row["audio_path"], _tracker,
-                          row.get("start_s"), row.get("end_s"))
+        sources = Sources(row, _tracker, stored.get(row["key"]), options, tdmm)
         results: dict[str, dict] = {}
         for name in (f for f in todo if f != "meta"):
             field = FIELDS[name]
             try:
                 data = field.extract(sources)
-                members[name].append((f"{row['key']}.{field.ext}", data))
-                results[name] = {"status": "ok", "bytes": len(data)}
+                parts = data if isinstance(data, dict) else {field.ext: data}
+                members[name] += [(f"{row['key']}.{ext}", b) for ext, b in parts.items()]
+                results[name] = {"status": "ok", "bytes": sum(len(b) for b in parts.values())}
             except Exception as exc:  # one bad utterance must not cost the shard
                 if not hasattr(exc, "stage"):
                     traceback.print_exc()

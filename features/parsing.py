@@ -1,0 +1,70 @@
+"""parsing field: per-frame face parsing label maps (96x96 uint8, CelebAMask-HQ class ids)
+drawn from the face mesh geometry in crop coordinates.
+
+Regions are filled as polygons in painting order (skin first, then features on top), so a
+pixel has the label of the last region covering it. Left/right follow MediaPipe's naming: the
+subject's own left (2 = left brow, 4 = left eye). Hair, neck and cloth are not drawn (they need a
+segmenter; MediaPipe's selfie segmentation can plug in here later, as can a learned parser with
+the same `parse(landmarks) -> labels` interface).
+"""
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+
+from features.codecs import decode_npy, encode_npy
+
+VERSION = "mesh-geometry-1"
+SIZE = 96
+BACKGROUND, SKIN, L_BROW, R_BROW, L_EYE, R_EYE, NOSE, MOUTH, U_LIP, L_LIP = 0, 1, 2, 3, 4, 5, 10, 11, 12, 13
+
+FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+             152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109]
+LEFT_EYE = [263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466]
+RIGHT_EYE = [33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246]
+LEFT_BROW = [276, 283, 282, 295, 285, 336, 296, 334, 293, 300]
+RIGHT_BROW = [46, 53, 52, 65, 55, 107, 66, 105, 63, 70]
+NOSE_POINTS = [1, 2, 4, 5, 6, 19, 45, 48, 64, 94, 97, 98, 115, 168, 195, 197, 220, 275, 278, 294,
+               326, 327, 344, 440]  # filled as their convex hull
+OUTER_UPPER = [61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291]
+OUTER_LOWER = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291]
+INNER_UPPER = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]
+INNER_LOWER = [78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308]
+
+REGIONS = [  # (label, polygon vertex indices), in painting order
+    (SKIN, FACE_OVAL),
+    (L_BROW, LEFT_BROW), (R_BROW, RIGHT_BROW),
+    (L_EYE, LEFT_EYE), (R_EYE, RIGHT_EYE),
+    (U_LIP, OUTER_UPPER + INNER_UPPER[::-1]),
+    (L_LIP, OUTER_LOWER + INNER_LOWER[::-1]),
+    (MOUTH, INNER_UPPER + INNER_LOWER[::-1]),
+]
+
+
+def parse_frame(landmarks: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """(size, size) uint8 labels from one frame's (478, 3) crop-pixel landmarks."""
+    import cv2
+
+    labels = np.zeros((size, size), np.uint8)
+    pts = np.round(landmarks[:, :2].astype(np.float32) * 4).astype(np.int32)  # 2 bits of subpixel
+    for label, index in REGIONS[:5]:
+        cv2.fillPoly(labels, [pts[index]], int(label), lineType=cv2.LINE_8, shift=2)
+    cv2.fillPoly(labels, [cv2.convexHull(pts[NOSE_POINTS])], NOSE, lineType=cv2.LINE_8, shift=2)
+    for label, index in REGIONS[5:]:
+        cv2.fillPoly(labels, [pts[index]], int(label), lineType=cv2.LINE_8, shift=2)
+    return labels
+
+
+def parse(landmarks: np.ndarray) -> np.ndarray:
+    """(n, 96, 96) uint8 label maps for (n, 478, 3) landmarks."""
+    return np.stack([parse_frame(frame) for frame in landmarks])
+
+
+def encode(landmarks: np.ndarray) -> bytes:
+    """Label maps compress ~20x; gzip with mtime 0 keeps the bytes reproducible."""
+    return gzip.compress(encode_npy(parse(landmarks)), compresslevel=6, mtime=0)
+
+
+def decode(data: bytes) -> np.ndarray:
+    return decode_npy(gzip.decompress(data))

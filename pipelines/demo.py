@@ -21,6 +21,8 @@ if __package__ in (None, ""):
 
 from catalog.build import read_table  # noqa: E402
 from catalog.summary import format_summary, summarize  # noqa: E402
+from features.fields import FIELDS  # noqa: E402
+from features.hubert import DEFAULT_MODEL, HubertLoadError, load_model  # noqa: E402
 from features.preview import render_preview  # noqa: E402
 from pipelines.synthetic import generate_corpus  # noqa: E402
 
@@ -37,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="model width multiplier (1.0 = paper size; the demo trains a narrower model)")
     p.add_argument("--minutes", type=float, default=3.0, help="training time budget per combo")
     p.add_argument("--steps", type=int, default=3000, help="training step cap per combo")
+    p.add_argument("--hubert-model", default=DEFAULT_MODEL,
+                   help="HuBERT id or local directory; the field is skipped when it cannot load")
     return p.parse_args(argv)
 
 
@@ -50,10 +54,17 @@ def main(argv=None) -> int:
     if not any(corpus.glob("*/*.mp4")):
         generate_corpus(corpus, n_speakers=args.speakers, n_utterances=args.utterances, seed=args.seed)
 
-    print(f"[2/5] extraction with local Ray ({args.workers} workers) -> {store}")
+    fields = [f for f in FIELDS if f != "hubert"] + ["meta"]
+    try:
+        load_model(args.hubert_model)
+        fields.append("hubert")
+    except HubertLoadError as exc:
+        print(f"skipping the hubert field: {exc}")
+    print(f"[2/5] extraction of {' '.join(fields)} with local Ray ({args.workers} workers) -> {store}")
     subprocess.run([sys.executable, str(REPO / "pipelines" / "extract.py"), "--dataset", "synthetic",
                     "--root", str(corpus), "--store", str(store), "--workers", str(args.workers),
-                    "--shard-size", "6"], check=True, env={**os.environ, "RAY_ADDRESS": ""})
+                    "--shard-size", "6", "--fields", *fields, "--hubert-model", args.hubert_model],
+                   check=True, env={**os.environ, "RAY_ADDRESS": ""})
     report = json.loads((store / "extract_report.json").read_text())
 
     print("[3/5] catalog")

@@ -1,4 +1,4 @@
-"""What the stored fields are worth: real clips extract completely, and sync survives the pipeline."""
+"""Sync survives the pipeline: stored landmarks and stored audio stay aligned."""
 from __future__ import annotations
 
 import json
@@ -42,22 +42,6 @@ def check_lengths(row: dict, data: dict) -> None:
     assert data["landmarks"].shape == (n, 478, 3) and data["landmarks"].dtype == np.float16
     assert data["mel"].shape == (80, 1 + 640 * n // 200) and data["mel"].dtype == np.float16
     assert data["meta"]["n_frames"] == n and len(data["meta"]["crop_boxes"]) == n
-
-
-def test_real_clips_extract_with_every_slice_field(real_corpus, tmp_path):
-    store = tmp_path / "store"
-    report = run_extract("folder", real_corpus, store)
-    assert report["ok"] == report["utterances"] == 7
-    rows = pq.read_table(table_path(store, "utterances")).to_pylist()
-    expected_frames = {"spk01/a": 152, "spk04/a": 166, "spk02/a": 125, "spk03/b": 200}
-    for row in rows:
-        assert all(row[f"field_{f}"] == "ok" for f in SLICE), row
-        assert row["detection_rate"] >= 0.99, row
-        if row["utt_id"] in expected_frames:
-            assert row["n_frames"] == expected_frames[row["utt_id"]]
-        check_lengths(row, stored(store, row))
-    speakers = pq.read_table(table_path(store, "speakers")).to_pylist()
-    assert {s["speaker_id"]: s["n_utterances"] for s in speakers}["spk03"] == 2
 
 
 def best_lag(mouth: np.ndarray, loudness: np.ndarray, max_lag: int = 8) -> int:

@@ -84,8 +84,12 @@ def real_store(real_corpus, hubert_dir, tmp_path_factory) -> Path:
 def test_real_clips_have_every_field_with_design_lengths(real_store):
     rows = pq.read_table(table_path(real_store, "utterances")).to_pylist()
     assert len(rows) == 7
+    expected_frames = {"spk01/a": 152, "spk04/a": 166, "spk02/a": 125, "spk03/b": 200}  # README rule
     for row in rows:
         assert row["status"] == "ok", row
+        assert all(row[f"field_{f}"] == "ok" for f in ALL + ["meta"]), row
+        assert row["detection_rate"] >= 0.99, row
+        assert row["n_frames"] == expected_frames.get(row["utt_id"], row["n_frames"])
         n = row["n_frames"]
         d = decoded(real_store, row, ALL)
         assert d["rgb"].shape == (n, 96, 96, 3) and d["lip"].shape == (n, 96, 96)
@@ -96,6 +100,8 @@ def test_real_clips_have_every_field_with_design_lengths(real_store):
         assert d["hubert"].shape == (2 * n, 16)  # 50 Hz, the tiny model's width
         assert d["fbank"].shape == (4 * n, 26)  # 100 Hz
         assert d["audio"].shape == (640 * n,)
+    speakers = pq.read_table(table_path(real_store, "speakers")).to_pylist()
+    assert {s["speaker_id"]: s["n_utterances"] for s in speakers}["spk03"] == 2
 
 
 def test_parsing_lips_lie_inside_the_landmark_mouth(real_store):

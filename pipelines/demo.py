@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--combos", nargs="+", default=["mel_landmarks", "mel_rgb"], help="combos to train")
     p.add_argument("--width", type=float, default=0.25,
                    help="model width multiplier (1.0 = paper size; the demo trains a narrower model)")
-    p.add_argument("--minutes", type=float, default=3.0, help="training time budget per combo")
+    p.add_argument("--minutes", type=float, default=2.5, help="training time budget per combo")
     p.add_argument("--steps", type=int, default=3000, help="training step cap per combo")
     p.add_argument("--hubert-model", default=DEFAULT_MODEL,
                    help="HuBERT id or local directory; the field is skipped when it cannot load")

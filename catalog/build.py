@@ -19,6 +19,9 @@ SPEAKER_SOURCE = {  # what a corpus's speaker_id really is; LRS2 has no speaker 
     "folder": "parent folder name",
     "synthetic": "generated speaker",
     "lrs2": "programme folder (proxy: LRS2 has no speaker labels)",
+    "lrs3": "video-id folder (proxy: one TED talk; a person giving several talks has several ids)",
+    "voxceleb2": "identity label idNNNNN",
+    "cncvs": "speaker folder sNNNNN",
 }
 
 
@@ -122,10 +125,15 @@ def _speaker_table(utts: list[dict]) -> pa.Table:
         s = speakers.setdefault((r["dataset"], r["speaker_id"]), {
             "speaker_id": r["speaker_id"], "dataset": r["dataset"], "n_utterances": 0, "n_ok": 0,
             "total_duration_s": 0.0, "split": r["split"],
-            "speaker_source": SPEAKER_SOURCE.get(r["dataset"], "corpus speaker label")})
+            "speaker_source": SPEAKER_SOURCE.get(r["dataset"], "corpus speaker label"),
+            "official_splits": set()})
+        if r.get("official_split"):
+            s["official_splits"].add(r["official_split"])
         s["n_utterances"] += 1
         s["n_ok"] += r["status"] == "ok"
         s["total_duration_s"] += r["duration_s"] or 0.0
+    for s in speakers.values():  # every official split the speaker has utterances in, sorted
+        s["official_splits"] = ",".join(sorted(s["official_splits"]))
     return pa.Table.from_pylist([speakers[k] for k in sorted(speakers)])
 
 

@@ -1,10 +1,14 @@
 """Corpus adapters: each turns a corpus root into Utterance records, nothing more.
 
-An adapter is a function `root -> list[Utterance]`; register it in ADAPTERS under the dataset
-name. The real corpora (LRS2, LRS3, VoxCeleb2, CN-CVS) plug in the same way.
+An adapter is a function `root -> list[Utterance]` (optionally taking keyword options such as
+`max_seconds`); register it in ADAPTERS under the dataset name. The published layouts of LRS2,
+LRS3, VoxCeleb2 and CN-CVS live in `pipelines/corpora/`.
 """
 from __future__ import annotations
 
+import importlib
+import inspect
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,12 +18,15 @@ VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".m
 
 @dataclass(frozen=True)
 class Utterance:
-    utt_id: str  # unique within the dataset, e.g. "spk01/a"
+    utt_id: str  # unique within the dataset, e.g. "spk01/a" or "pretrain/<prog>/00001_seg00"
     speaker_id: str
     video_path: str
     audio_path: str | None = None  # separate audio file (VoxCeleb2, CN-CVS); None: the video's own
     transcript: str = ""
     official_split: str = ""  # the corpus's own split list, where it has one
+    start_s: float | None = None  # a segment of a long source (seconds from its first frame)
+    end_s: float | None = None
+    language: str = ""  # ISO 639-1 code ("en", "zh"); "" unknown. Picks e.g. the HuBERT model
 
     def as_row(self) -> dict:
         return asdict(self)
@@ -54,17 +61,56 @@ def synthetic_utterances(root: Path) -> list[Utterance]:
     return folder_utterances(root)
 
 
-ADAPTERS: dict[str, Callable[[Path], list[Utterance]]] = {
+def _corpus(module: str, function: str) -> Callable[..., list[Utterance]]:
+    """An adapter living in pipelines/corpora/, imported on first use."""
+    def adapter(root: Path, **options) -> list[Utterance]:
+        return getattr(importlib.import_module(f"pipelines.corpora.{module}"), function)(root, **options)
+
+    adapter.__name__ = function
+    adapter.options = ("max_seconds",) if module in ("lrs2", "lrs3") else ()
+    return adapter
+
+
+ADAPTERS: dict[str, Callable[..., list[Utterance]]] = {
     "folder": folder_utterances,
     "synthetic": synthetic_utterances,
+    "lrs2": _corpus("lrs2", "lrs2_utterances"),
+    "lrs3": _corpus("lrs3", "lrs3_utterances"),
+    "voxceleb2": _corpus("voxceleb2", "voxceleb2_utterances"),
+    "cncvs": _corpus("cncvs", "cncvs_utterances"),
 }
 
+# Spoken language per corpus ("" = unknown / mixed); adapters stamp it on every Utterance so a
+# language-dependent extractor (HuBERT: English vs Chinese model) can read row["language"].
+LANGUAGES: dict[str, str] = {"folder": "", "synthetic": "", "lrs2": "en", "lrs3": "en",
+                             "voxceleb2": "", "cncvs": "zh"}
 
-def list_utterances(dataset: str, root: Path) -> list[Utterance]:
+
+def adapter_options(dataset: str) -> tuple[str, ...]:
+    """Keyword options the dataset's adapter accepts (e.g. max_seconds for word-timed corpora)."""
+    fn = ADAPTERS[dataset]
+    if hasattr(fn, "options"):
+        return tuple(fn.options)
+    params = inspect.signature(fn).parameters
+    return tuple(n for n, p in params.items() if p.kind == p.KEYWORD_ONLY)
+
+
+def list_utterances(dataset: str, root: Path, **options) -> list[Utterance]:
+    """The dataset's utterances; options left at None are not passed on.
+
+    Raises ValueError for an unknown dataset, an option the adapter does not support (e.g.
+    max_seconds on a corpus without word timings) or duplicate utterance ids.
+    """
     if dataset not in ADAPTERS:
         raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(ADAPTERS)}")
-    utts = ADAPTERS[dataset](Path(root))
+    options = {k: v for k, v in options.items() if v is not None}
+    unsupported = sorted(set(options) - set(adapter_options(dataset)))
+    if unsupported:
+        raise ValueError(f"dataset {dataset!r} does not support {unsupported} "
+                         f"(supported: {list(adapter_options(dataset)) or 'none'})")
+    utts = ADAPTERS[dataset](Path(root), **options)
     ids = [u.utt_id for u in utts]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{root}: duplicate utterance ids in dataset {dataset!r}")
+        dupes = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
+        raise ValueError(f"{root}: duplicate utterance ids in dataset {dataset!r}: {dupes}")
     return utts

@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--test", type=float, default=0.1, help="share of speakers in the test split")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the speaker-disjoint split")
     p.add_argument("--max-retries", type=int, default=3, help="Ray retries of a shard whose worker died")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="lrs2/lrs3: cut pretrain clips longer than this at word boundaries into "
+                        "<utt_id>_segNN utterances (unset: keep whole clips)")
     return p.parse_args(argv)
 
 
@@ -128,7 +131,7 @@ def main(argv=None) -> int:
     store = args.store.resolve()
     try:
         fields = resolve(args.fields)
-        utterances = list_utterances(args.dataset, args.root)
+        utterances = list_utterances(args.dataset, args.root, max_seconds=args.max_seconds)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

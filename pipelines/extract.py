@@ -24,7 +24,7 @@ from catalog.layout import STORE_VERSION, read_store_json, write_store_json  # n
 from features.fields import DEFAULT_FIELDS, FIELDS, Options, resolve  # noqa: E402
 from features.hubert import DEFAULT_MODEL, MANDARIN_MODEL  # noqa: E402
 from features.timebase import FPS, WINDOW  # noqa: E402
-from pipelines.adapters import ADAPTERS, list_utterances  # noqa: E402
+from pipelines.adapters import ADAPTERS, LANGUAGES, list_utterances  # noqa: E402
 from pipelines.plan import extend_plan, read_plan, shards_of  # noqa: E402
 
 
@@ -106,8 +106,7 @@ def extract_fields(ray, store: Path, args: argparse.Namespace, plan: list[dict],
     GPU tasks when the cluster has GPUs (else they ran with the rest on CPUs)."""
     from pipelines.models import ensure_tdmm_model
 
-    hubert = args.hubert_model or (MANDARIN_MODEL if args.dataset in MANDARIN else DEFAULT_MODEL)
-    options = Options(hubert_model=hubert, hubert_layer=args.hubert_layer)
+    options = Options(hubert_model=hubert_model(args), hubert_layer=args.hubert_layer)
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     on_gpu = [f for f in fields if f in FIELDS and FIELDS[f].gpu and has_gpu]
     first = [f for f in fields if f != "tdmm" and f not in on_gpu]
@@ -123,7 +122,9 @@ def extract_fields(ray, store: Path, args: argparse.Namespace, plan: list[dict],
     return frames, failures
 
 
-MANDARIN = {"cncvs"}  # datasets whose HuBERT default is the Chinese model
+def hubert_model(args: argparse.Namespace) -> str:
+    """--hubert-model, else the Chinese model for Mandarin corpora, else the English default."""
+    return args.hubert_model or (MANDARIN_MODEL if LANGUAGES.get(args.dataset) == "zh" else DEFAULT_MODEL)
 
 
 def main(argv=None) -> int:
@@ -152,8 +153,7 @@ def main(argv=None) -> int:
     if "hubert" in store_fields:
         info["fields"]["hubert"].update(info.get("hubert", {}))
     if "hubert" in fields:
-        info["hubert"] = {"model": args.hubert_model or (MANDARIN_MODEL if args.dataset in MANDARIN
-                                                         else DEFAULT_MODEL), "layer": args.hubert_layer}
+        info["hubert"] = {"model": hubert_model(args), "layer": args.hubert_layer}
         info["fields"]["hubert"].update(info["hubert"])
     write_store_json(store, info)
 

@@ -73,7 +73,8 @@ def _error_of(exc: Exception, default_stage: str) -> dict:
 
 def _meta(row: dict, sources: Sources, results: dict[str, dict]) -> dict:
     """The meta member: identity, source facts, face figures that exist, versions and errors."""
-    meta = {k: row[k] for k in ("utt_id", "dataset", "speaker_id", "transcript")}
+    meta = {k: row.get(k) for k in ("utt_id", "dataset", "speaker_id", "transcript", "official_split",
+                                    "language", "start_s", "end_s")}
     meta["source"] = {"video_path": row["video_path"], "audio_path": row["audio_path"]}
     if "media" in sources.__dict__:
         meta["n_frames"] = sources.media.n_frames
@@ -111,7 +112,8 @@ def extract_shard(store: str, dataset: str, shard_id: int, rows: list[dict], fie
                 data = field.extract(sources)
                 parts = data if isinstance(data, dict) else {field.ext: data}
                 members[name] += [(f"{row['key']}.{ext}", b) for ext, b in parts.items()]
-                results[name] = {"status": "ok", "bytes": sum(len(b) for b in parts.values())}
+                results[name] = {"status": "ok", "bytes": sum(len(b) for b in parts.values()),
+                                 "sha256": sha256(b"".join(parts.values()))}
             except Exception as exc:  # one bad utterance must not cost the shard
                 if not hasattr(exc, "stage"):
                     traceback.print_exc()
@@ -126,6 +128,7 @@ def extract_shard(store: str, dataset: str, shard_id: int, rows: list[dict], fie
             data = json.dumps(meta, sort_keys=True).encode()
             members["meta"].append((f"{row['key']}.{META_EXT}", data))
             entries["meta"].append({"utt_id": row["utt_id"], "status": "ok", "bytes": len(data),
+                                    "sha256": sha256(data),
                                     **{k: meta.get(k) for k in ("n_frames", "detection_rate",
                                                                  "face_size", "detection_confidence")},
                                     "errors": meta["errors"]})

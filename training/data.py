@@ -1,17 +1,33 @@
-"""Read a split of the store into memory: the catalog rows, then ONLY the run's field tars.
+"""Read a store for training: the catalog rows, then ONLY the run's field tars, shard by shard.
 
 Each field is its own tar series (DESIGN.md, Store layout), so `mel_landmarks` never opens an rgb
-or hubert tar. For every shard the field tars are iterated with WebDataset in lockstep and their
-keys checked against each other and against the catalog's shard plan, so a misaligned series fails
-loudly instead of pairing one utterance's audio with another's face.
+or hubert tar. For every shard the field tars are read with WebDataset's tar iterator in lockstep
+and their keys checked against each other and against the catalog's shard plan, so a misaligned
+series fails loudly instead of pairing one utterance's audio with another's face.
 
-`stream_utterances` is a generator over shards, so a streaming trainer can consume it directly
-later; `load_utterances` simply collects it (a first-cut store of a few thousand utterances fits in
-memory: landmarks stay float16, rgb stays as JPEG-sequence bytes and is decoded per window).
+What stays in memory per utterance, and what is decoded when:
+
+| field | kept | per window |
+|---|---|---|
+| rgb | the JPEG-sequence bytes | only the window's 5 JPEGs are decoded |
+| mel, landmarks, hubert, tdmm (.npy) | a zero-copy view on the member bytes (float16 stays float16) | the window's rows are converted to float32 and normalised |
+| parsing (.npy.gz) | the uint8 label maps (gzip is whole-member, so it is inflated once) | the window's rows |
+
+Distributed training (`rank_shards`): the train split's shards are dealt round-robin to the ranks,
+so each rank reads a disjoint shard list and the lists differ in length by at most one shard; with
+fewer shards than ranks a rank shares a shard rather than getting none (a rank with no data would
+hang DDP). Every rank then runs the same number of steps of the same batch size, drawing windows
+with replacement from its shards (WebDataset's `resampled=True`, at window level), so the work is
+equal whatever the shard sizes and no rank runs out of data.
+
+`stream_utterances` is a generator over shards; `ShardBuffer` (fit.py --buffer-shards N) keeps only
+N of a rank's shards in memory and swaps one for the next every --refresh-every steps, walking the
+rank's list in a new seeded order each pass (resampled epochs), for corpora that do not fit.
 """
 from __future__ import annotations
 
-from collections import defaultdict
+import gzip
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -19,15 +35,20 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from catalog.layout import table_path, tar_path
-from features.codecs import decode_npy, jpeg_sequence_length
+from features.codecs import jpeg_sequence_length
 from features.fields import ERROR_EXT, FIELDS
 from features.timebase import FPS, WINDOW, n_windows, window_slice
 
-# Rows per second of every field the trainer knows; later fields (hubert, parsing, tdmm) are not in
-# features.fields yet, so their rate comes from the DESIGN.md timebase table.
+# Rows per second and tar member extension of every field the trainer knows; the field registry
+# (features.fields) wins where it has the field.
 RATES = {"mel": 80, "hubert": 50, "fbank": 100, "rgb": FPS, "parsing": FPS, "landmarks": FPS,
          "tdmm": FPS, "lip": FPS}
+EXTS = {"mel": "mel.npy", "hubert": "hubert.npy", "rgb": "rgb.jpgs", "parsing": "parsing.npy.gz",
+        "landmarks": "landmarks.npy", "tdmm": "tdmm.npy", "fbank": "fbank.npy", "lip": "lip.jpgs"}
 CROP = 96  # face crops (rgb, parsing, landmarks coordinates) are 96 x 96 pixels
+LANDMARK_SCALE = 4.0  # centred landmark deltas are a few pixels: x4 after mapping to [-1, 1]
+# tdmm rows: rotation (3, radians), translation (3, crop px), scale (1), expression (crop px)
+TDMM_POSE = 7
 
 
 class StoreError(RuntimeError):
@@ -44,7 +65,11 @@ class Utterance:
     speaker_id: str
     split: str
     n_frames: int  # usable video frames: every field covers every window start in [0, n_windows)
-    data: dict[str, Any] = field(default_factory=dict)  # field -> array (or JPEG-sequence bytes)
+    data: dict[str, Any] = field(default_factory=dict)  # field -> array view (or JPEG bytes)
+    norm: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # field -> (offset, scale)
+    shard: tuple[str, int] | None = None
+    frame_cache: dict[int, np.ndarray] | None = None  # decoded rgb lower halves (--cache-frames)
+    image_scale: float = 1.0  # rgb / parsing windows at this scale (fit.py --image-scale)
 
     @property
     def n_windows(self) -> int:
@@ -56,6 +81,14 @@ def rate_of(name: str) -> int:
         return FIELDS[name].rate
     if name in RATES:
         return RATES[name]
+    raise StoreError(f"unknown field {name!r}")
+
+
+def ext_of(name: str) -> str:
+    if name in FIELDS:
+        return FIELDS[name].ext
+    if name in EXTS:
+        return EXTS[name]
     raise StoreError(f"unknown field {name!r}")
 
 
@@ -101,70 +134,143 @@ def frames_covered(name: str, length: int, n_frames: int) -> int:
     return n
 
 
+# ---------------------------------------------------------------------------------------------
+# member decoding and per-field normalisation
+# ---------------------------------------------------------------------------------------------
+def npy_view(data: bytes) -> np.ndarray:
+    """The array of .npy bytes as a read-only view on them (no copy, no conversion)."""
+    import io
+
+    buf = io.BytesIO(data)
+    major, _ = np.lib.format.read_magic(buf)
+    reader = (np.lib.format.read_array_header_1_0 if major == 1
+              else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = reader(buf)
+    count = int(np.prod(shape)) if shape else 1
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=buf.tell())
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
 def prepare_landmarks(landmarks: np.ndarray, center: bool = True) -> np.ndarray:
-    """Crop pixels -> about [-1, 1]; with `center`, minus the utterance's mean shape.
+    """Crop pixels -> about [-1, 1]; with `center`, minus the utterance's mean shape, times 4.
 
     Why centre: the mean shape is mostly identity (face geometry) and a held-out speaker's is new
     to the model; what predicts the sound is how the mouth moves around that mean, which looks the
-    same on every face. The deltas are small (a few pixels), so they are scaled up by 4.
+    same on every face. (The loader applies the same map per window: `norm_of`.)
     """
-    lm = (landmarks.astype(np.float32) - CROP / 2) / (CROP / 2)
-    if center:
-        lm = 4.0 * (lm - lm.mean(axis=0, keepdims=True))
-    return lm.astype(np.float16)
+    offset, scale = norm_of("landmarks", landmarks, center)
+    return ((landmarks.astype(np.float32) - offset) * scale).astype(np.float16)
 
 
-def decode_member(name: str, ext: str, data: bytes, landmarks_center: bool = True) -> Any:
-    """A field member's bytes as the trainer keeps them in memory."""
-    if name == "rgb":
-        return data  # JPEG sequence: only the frames of the windows used are ever decoded
-    if name in FIELDS:
-        array = FIELDS[name].decode(data)
-    elif ext.endswith("npy"):
-        array = decode_npy(data)
-    else:
-        raise StoreError(f"no decoder for field {name!r} member .{ext}")
+def norm_of(name: str, value: np.ndarray, center: bool = True) -> tuple[Any, Any] | None:
+    """(offset, scale) with window = (rows - offset) * scale, or None for fields used as stored.
+
+    landmarks: crop pixels -> about [-1, 1] ((x - 48) / 48); with `center`, the utterance's mean
+    shape is the offset and the deltas are scaled by 4. tdmm: pose and expression minus the
+    utterance mean with `center` (identity and head placement are not sync cues); pixel-unit
+    columns (translation, expression) / 12, rotation (radians) and scale x 4, so all are O(1).
+    """
     if name == "landmarks":
-        return prepare_landmarks(array, landmarks_center)
-    return array
+        if center:
+            mean = value.astype(np.float32).mean(axis=0)
+            return mean, np.float32(LANDMARK_SCALE / (CROP / 2))
+        return np.float32(CROP / 2), np.float32(1.0 / (CROP / 2))
+    if name == "tdmm":
+        scale = np.full(value.shape[1], LANDMARK_SCALE / (CROP / 2), np.float32)
+        scale[:3] = LANDMARK_SCALE
+        scale[6] = LANDMARK_SCALE
+        offset = value.astype(np.float32).mean(axis=0) if center else np.zeros(value.shape[1], np.float32)
+        return offset, scale
+    return None
+
+
+def decode_member(name: str, ext: str, data: bytes) -> Any:
+    """A field member's bytes as the trainer keeps them in memory (see the module table)."""
+    if name in ("rgb", "lip"):
+        return data  # JPEG sequence: only the frames of the windows used are ever decoded
+    if ext.endswith(".npy") or ext == "npy":
+        return npy_view(data)
+    if ext.endswith(".npy.gz"):
+        return npy_view(gzip.decompress(data))
+    if name in FIELDS:
+        return FIELDS[name].decode(data)
+    raise StoreError(f"no decoder for field {name!r} member .{ext}")
 
 
 def _length(name: str, value: Any) -> int:
     """Rows of a field on its own timebase (mel is stored bands-first: (80, T))."""
-    if name == "rgb":
+    if name in ("rgb", "lip"):
         return jpeg_sequence_length(value)
     return value.shape[1] if name == "mel" else value.shape[0]
 
 
-def _field_samples(url: Path) -> Iterator[dict]:
-    import webdataset as wds
+# ---------------------------------------------------------------------------------------------
+# reading tars
+# ---------------------------------------------------------------------------------------------
+class CountingFile:
+    """A read-only file whose bytes read are added to `counter[name]` (the loader benchmark)."""
 
-    return iter(wds.WebDataset([str(url)], shardshuffle=False, empty_check=False))
+    def __init__(self, path: Path, counter: Counter, name: str):
+        self.f, self.counter, self.name = open(path, "rb"), counter, name
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.counter[self.name] += len(data)
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.f, attr)
+
+
+def _field_samples(url: Path, name: str, counter: Counter | None) -> Iterator[dict]:
+    """WebDataset samples (members grouped by key) of one tar, read front to back once."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    stream = CountingFile(url, counter, name) if counter is not None else open(url, "rb")
+    try:
+        yield from group_by_keys(tar_file_expander([{"url": str(url), "stream": stream}]))
+    finally:
+        stream.close()
+
+
+def shard_plan(all_rows: list[dict]) -> dict[tuple[str, int], list[str]]:
+    """(dataset, shard_id) -> member keys in the order the catalog plans them."""
+    plan: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for r in all_rows:
+        plan[(r["dataset"], r["shard_id"])].append(r)
+    return {s: [r["key"] for r in sorted(rs, key=lambda r: r["index_in_shard"])] for s, rs in plan.items()}
+
+
+def shards_of(rows: list[dict]) -> list[tuple[str, int]]:
+    """The sorted (dataset, shard_id) list holding `rows`."""
+    return sorted({(r["dataset"], int(r["shard_id"])) for r in rows})
 
 
 def stream_utterances(store: Path | str, fields: list[str], rows: list[dict],
-                      all_rows: list[dict] | None = None,
-                      landmarks_center: bool = True) -> Iterator[Utterance]:
+                      all_rows: list[dict] | None = None, landmarks_center: bool = True,
+                      shards: list[tuple[str, int]] | None = None,
+                      bytes_read: Counter | None = None) -> Iterator[Utterance]:
     """Utterances of `rows`, shard by shard, reading only the tars of `fields`.
 
     `all_rows` (the whole catalog; read from the store when omitted) gives each shard's full
     member order, so the keys read from every field tar are checked against the plan; members of
     utterances that are not wanted, placeholders (`<key>.error.json`) included, are skipped.
+    `shards` restricts (and orders) the shards read; `bytes_read` counts tar bytes per field.
     """
     store = Path(store)
     wanted = {(r["dataset"], r["key"]): r for r in rows}
-    plan: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for r in all_rows if all_rows is not None else read_catalog(store):
-        plan[(r["dataset"], r["shard_id"])].append(r)
-    shards = sorted({(r["dataset"], r["shard_id"]) for r in rows})
-    for dataset, shard_id in shards:
-        order = [r["key"] for r in sorted(plan[(dataset, shard_id)], key=lambda r: r["index_in_shard"])]
+    plan = shard_plan(all_rows if all_rows is not None else read_catalog(store))
+    for dataset, shard_id in (shards if shards is not None else shards_of(rows)):
+        order = plan.get((dataset, shard_id), [])
         urls = [tar_path(store, dataset, name, shard_id) for name in fields]
         for name, url in zip(fields, urls):
             if not url.exists():
                 raise StoreError(f"store {store} lacks the {name!r} tar of shard {shard_id} of "
                                  f"{dataset!r}: {url}")
-        series = [_field_samples(url) for url in urls]
+        series = [_field_samples(url, name, bytes_read) for name, url in zip(fields, urls)]
         position = 0
         while True:
             samples = [next(it, None) for it in series]
@@ -182,20 +288,24 @@ def stream_utterances(store: Path | str, fields: list[str], rows: list[dict],
             if row is None:
                 continue
             utt = Utterance(row["utt_id"], row["key"], dataset, row["speaker_id"], row["split"],
-                            int(row["n_frames"]))
+                            int(row["n_frames"]), shard=(dataset, shard_id))
             for name, sample in zip(fields, samples):
-                ext = FIELDS[name].ext if name in FIELDS else next(
-                    (k for k in sample if not k.startswith("__")), "")
-                if ext not in sample or ext == ERROR_EXT:
+                ext = ext_of(name)
+                if ext not in sample or ERROR_EXT in sample:
                     got = [k for k in sample if not k.startswith("__")]
                     what = "a failure placeholder" if ERROR_EXT in got else f"members {got}"
                     raise StoreError(f"{row['utt_id']}: catalog says field {name!r} is 'ok' but its "
                                      f"tar {tar_path(store, dataset, name, shard_id)} holds {what}")
-                value = decode_member(name, ext, sample[ext], landmarks_center)
+                value = decode_member(name, ext, sample[ext])
                 utt.data[name] = value
+                norm = norm_of(name, value, landmarks_center)
+                if norm is not None:
+                    utt.norm[name] = norm
                 utt.n_frames = frames_covered(name, _length(name, value), utt.n_frames)
             if utt.n_windows > 0:
                 yield utt
+        for it in series:
+            it.close()
         if position != len(order):
             raise StoreError(f"field tars of {dataset} shard {shard_id} hold {position} members, "
                              f"the catalog plans {len(order)}")
@@ -225,3 +335,111 @@ def load_splits(store: Path | str, fields: list[str], splits: Iterable[str],
             raise StoreError(f"store {store}: no utterance of split {split!r} is long enough for a "
                              f"{WINDOW}-frame window")
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# per-rank shard lists and the shard buffer
+# ---------------------------------------------------------------------------------------------
+def rank_shards(shards: list[tuple[str, int]], rank: int, world: int) -> list[tuple[str, int]]:
+    """The shards rank `rank` of `world` reads: round-robin, never empty.
+
+    With at least `world` shards the lists are disjoint and cover every shard once (lengths
+    differ by at most one); with fewer, rank r reads shard r mod n (ranks share shards).
+    """
+    if not shards:
+        raise StoreError("no shard to train on")
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside world size {world}")
+    if len(shards) >= world:
+        return list(shards[rank::world])
+    return [shards[rank % len(shards)]]
+
+
+class ShardBuffer:
+    """A rank's training utterances: all of its shards, or a rolling buffer of `size` of them.
+
+    With `size` 0 (or >= the rank's shard count) everything is loaded once. Otherwise the buffer
+    starts with the first `size` shards of a seeded permutation of the rank's list; `advance()`
+    drops the oldest and loads the next shard of the permutation, and a new permutation starts
+    when one is used up (resampled epochs). `state()` / `restore()` make this exact on resume.
+    """
+
+    def __init__(self, store: Path | str, fields: list[str], rows: list[dict],
+                 all_rows: list[dict], shards: list[tuple[str, int]], size: int = 0,
+                 seed: int = 0, landmarks_center: bool = True):
+        self.store, self.fields, self.center = store, fields, landmarks_center
+        self.all_rows = all_rows
+        self.rows_by_shard: dict[tuple[str, int], list[dict]] = defaultdict(list)
+        for r in rows:
+            self.rows_by_shard[(r["dataset"], int(r["shard_id"]))].append(r)
+        self.shards = [s for s in shards if s in self.rows_by_shard]
+        if not self.shards:
+            raise StoreError(f"none of shards {shards} holds a usable utterance")
+        self.streaming = 0 < size < len(self.shards)
+        self.size = size if self.streaming else len(self.shards)
+        self.rng = np.random.default_rng([seed, 7919])
+        self.order: list[int] = []
+        self.position = 0  # next index into `order`
+        self.passes = 0  # permutations started (epochs over the rank's shards)
+        self.loaded: list[tuple[tuple[str, int], list[Utterance]]] = []
+        if self.streaming:
+            for _ in range(self.size):
+                self._push(self._next_shard())
+        else:
+            self._load_all()
+
+    def _load_all(self) -> None:
+        for shard in self.shards:
+            self.loaded.append((shard, self._load(shard)))
+
+    def _load(self, shard: tuple[str, int]) -> list[Utterance]:
+        return list(stream_utterances(self.store, self.fields, self.rows_by_shard[shard],
+                                      self.all_rows, self.center, shards=[shard]))
+
+    def _next_shard(self) -> tuple[str, int]:
+        if self.position >= len(self.order):
+            self.order = [int(i) for i in self.rng.permutation(len(self.shards))]
+            self.position, self.passes = 0, self.passes + 1
+        # a shard still in the buffer (end of one pass, start of the next) would be held twice:
+        # take the pass's next shard that is not buffered instead (the pass stays a permutation)
+        buffered = set(self.buffered)
+        for j in range(self.position, len(self.order)):
+            if self.shards[self.order[j]] not in buffered:
+                self.order[self.position], self.order[j] = self.order[j], self.order[self.position]
+                break
+        shard = self.shards[self.order[self.position]]
+        self.position += 1
+        return shard
+
+    def _push(self, shard: tuple[str, int]) -> None:
+        self.loaded.append((shard, self._load(shard)))
+        if len(self.loaded) > self.size:
+            self.loaded.pop(0)
+
+    def advance(self) -> bool:
+        """Swap the oldest buffered shard for the next one; False when nothing is streamed."""
+        if not self.streaming:
+            return False
+        self._push(self._next_shard())
+        return True
+
+    @property
+    def utterances(self) -> list[Utterance]:
+        return [u for _, utts in self.loaded for u in utts]
+
+    @property
+    def buffered(self) -> list[tuple[str, int]]:
+        return [s for s, _ in self.loaded]
+
+    def state(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "order": list(self.order),
+                "position": self.position, "passes": self.passes,
+                "buffered": [list(s) for s in self.buffered]}
+
+    def restore(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.order, self.position, self.passes = list(state["order"]), state["position"], state["passes"]
+        if self.streaming:
+            self.loaded = []
+            for s in state["buffered"]:
+                self.loaded.append(((s[0], int(s[1])), self._load((s[0], int(s[1])))))

@@ -1,25 +1,47 @@
 """Evaluation, both DESIGN.md protocols, on a split the model never trained on.
 
+    python training/evaluate.py --checkpoint runs/mel_landmarks/best.pt --store STORE --split test [--json]
+
 1. Balanced binary accuracy at threshold 0.5 over a fixed, seeded set of pairs drawn exactly as
-   in training (`PairSampler`): (TPR + TNR) / 2, so the 50/50 pos/neg draw does not matter, plus
-   accuracy per kind (pos, same, cross, and same split into overlapping / far shifts).
-2. Offset detection: for a visual window, score audio offsets -15..+15 frames of the same
-   utterance; correct if the best-scoring offset is within 1 frame of 0.
+   in training (`PairSampler`): (TPR + TNR) / 2, so the 50/50 pos/neg draw does not matter. Per
+   negative type (same-speaker, split into overlapping and far shifts; cross-speaker): the
+   accuracy on that type and the balanced accuracy of positives against that type alone.
+2. Offset detection, scored on offsets -15..+15 frames of the same utterance:
+   - per window (DESIGN.md): for a visual window, the audio offset with the highest p_sync;
+     correct if within 1 frame of the truth (0);
+   - per utterance (SyncNet's protocol): inject a shift s in -10..+10 frames into the audio of a
+     held-out utterance, average p_sync over the utterance's windows for each candidate offset
+     and take the best; correct if within 1 frame of s. Mean absolute offset error is reported
+     for both.
+
+p_sync of a (visual, audio) window pair is the cosine of their embeddings, so the offset
+protocols embed each window of an utterance once and score every offset from those embeddings.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import json
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from training.combos import parse_combo
 from training.data import Utterance
 from training.sampler import FAR_SHIFT, KINDS, Pair, PairSampler
-from training.windows import make_batch
+from training.windows import make_batch, stack_windows
 
 EVAL_SEED = 1234  # a fixed set of pairs, whatever the training seed
+MAX_OFFSET = 15
+SHIFTS = tuple(range(-10, 11))
 
 
 @dataclass
@@ -44,6 +66,19 @@ def eval_set(utts: Sequence[Utterance], n_pairs: int = 1000, seed: int = EVAL_SE
     return EvalSet(utts, pool, sampler.sample(n_pairs))
 
 
+def held_out_set(splits: dict[str, list[Utterance]], split: str, n_pairs: int,
+                 ratio: float, seed: int = EVAL_SEED) -> EvalSet:
+    """Fixed pairs of a held-out split; a one-speaker split borrows the other held-out splits'
+    audio for its cross-speaker negatives (never a training speaker's if it can help it)."""
+    utts = splits[split]
+    others: list[Utterance] = []
+    if len({u.speaker_id for u in utts}) < 2 and ratio > 0:
+        others = [u for s in ("val", "test") if s != split and s in splits for u in splits[s]]
+        if not {u.speaker_id for u in others} - {u.speaker_id for u in utts}:
+            others += [u for s, us in splits.items() if s not in ("val", "test", split) for u in us]
+    return eval_set(utts, n_pairs, seed=seed, cross_speaker_ratio=ratio, others=others)
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, pairs: Sequence[Pair], utts: Sequence[Utterance],
             pool: Sequence[Utterance], batch_size: int = 256,
@@ -55,13 +90,23 @@ def predict(model: torch.nn.Module, pairs: Sequence[Pair], utts: Sequence[Uttera
     out = []
     for i in range(0, len(pairs), batch_size):
         batch = make_batch(pairs[i:i + batch_size], utts, pool, audio, visual).to(device)
-        out.append(model(batch.visual, batch.audio).float().cpu().numpy())
+        with autocast(device):
+            out.append(model(batch.visual, batch.audio).float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def autocast(device: torch.device | str, enabled: bool = True):
+    """bf16 autocast on CUDA, nothing elsewhere (CPU runs stay float32)."""
+    device = torch.device(device)
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    import contextlib
+    return contextlib.nullcontext()
+
+
 def accuracy_report(p: np.ndarray, pairs: Sequence[Pair], threshold: float = 0.5) -> dict:
-    """Balanced accuracy, plain accuracy, accuracy and mean p per kind."""
+    """Balanced accuracy, plain accuracy, accuracy, balanced accuracy and mean p per kind."""
     labels = np.array([q.label for q in pairs])
     kinds = np.array([q.kind for q in pairs])
     shifts = np.array([abs(q.shift) if q.shift is not None else -1 for q in pairs])
@@ -76,6 +121,8 @@ def accuracy_report(p: np.ndarray, pairs: Sequence[Pair], threshold: float = 0.5
         "accuracy": float(correct.mean()),
         "n_pairs": int(len(pairs)),
         "per_type": {k: float(correct[m].mean()) for k, m in groups.items() if m.any()},
+        "balanced_per_type": {k: float((tpr + correct[m].mean()) / 2)
+                              for k, m in groups.items() if m.any() and k != "pos"},
         "mean_p": {k: float(p[m].mean()) for k, m in groups.items() if m.any()},
     }
 
@@ -87,25 +134,207 @@ def evaluate(model: torch.nn.Module, data: EvalSet, batch_size: int = 256,
     return accuracy_report(p, data.pairs, threshold)
 
 
+# ---------------------------------------------------------------------------------------------
+# offset detection
+# ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def offset_accuracy(model: torch.nn.Module, utts: Sequence[Utterance], n_windows: int = 200,
-                    max_offset: int = 15, tolerance: int = 1, seed: int = EVAL_SEED,
-                    device: torch.device | str = "cpu") -> dict:
-    """Protocol 2: share of visual windows whose best audio offset is within `tolerance` of 0.
+def sync_matrix(model: torch.nn.Module, utt: Utterance, batch_size: int = 256,
+                device: torch.device | str = "cpu") -> np.ndarray:
+    """P[t, t'] = p_sync(visual window t, audio window t') for every pair of window starts."""
+    audio, visual = parse_combo(model.combo)
+    was_training = model.training
+    model.eval()
+    v_emb, a_emb = [], []
+    starts = [(0, t) for t in range(utt.n_windows)]
+    for i in range(0, len(starts), batch_size):
+        chunk = starts[i:i + batch_size]
+        v = _to(stack_windows([utt], visual, chunk), device)
+        a = _to(stack_windows([utt], audio, chunk), device)
+        with autocast(device):
+            v_emb.append(model.embed_visual(v).float())
+            a_emb.append(model.embed_audio(a).float())
+    model.train(was_training)
+    v = F.normalize(torch.cat(v_emb), dim=1, eps=1e-8)
+    a = F.normalize(torch.cat(a_emb), dim=1, eps=1e-8)
+    return (v @ a.T).clamp(0.0, 1.0).cpu().numpy()
 
-    Only windows with every offset in [-max_offset, max_offset] inside the utterance are used.
-    """
-    rng = np.random.default_rng(seed)
-    utts = list(utts)
-    usable = [i for i, u in enumerate(utts) if u.n_windows > 2 * max_offset]
-    if not usable:
-        return {"offset_accuracy": None, "n_windows": 0}
+
+def _to(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    x = x.to(device)
+    if x.device.type == "cpu" and x.dim() == 4 and x.is_floating_point():
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def window_offsets(P: np.ndarray, max_offset: int = MAX_OFFSET) -> np.ndarray:
+    """Per visual window with every offset in range, the best audio offset (argmax p_sync)."""
+    n = len(P)
     offsets = np.arange(-max_offset, max_offset + 1)
-    hits = []
-    for _ in range(n_windows):
-        i = int(rng.choice(usable))
-        t = int(rng.integers(max_offset, utts[i].n_windows - max_offset))
-        pairs = [Pair(i, t, i, t + int(o), int(o == 0), "pos" if o == 0 else "same") for o in offsets]
-        p = predict(model, pairs, utts, utts, len(pairs), device)
-        hits.append(abs(int(offsets[int(np.argmax(p))])) <= tolerance)
-    return {"offset_accuracy": float(np.mean(hits)), "n_windows": len(hits)}
+    best = []
+    for t in range(max_offset, n - max_offset):
+        best.append(int(offsets[int(np.argmax(P[t, t + offsets]))]))
+    return np.array(best, dtype=int)
+
+
+def utterance_offset(P: np.ndarray, shift: int, max_offset: int = MAX_OFFSET) -> int | None:
+    """SyncNet-style offset of an utterance whose audio was delayed by `shift` frames.
+
+    With audio'(t) = audio(t - shift), candidate offset o pairs visual window t with audio'
+    window t + o, i.e. original audio window t + o - shift. The windows used are those for which
+    every candidate exists; each candidate's score is p_sync averaged over them. None when the
+    utterance is too short for the search.
+    """
+    n = len(P)
+    offsets = np.arange(-max_offset, max_offset + 1)
+    d = offsets - shift  # original audio start minus visual start
+    lo, hi = max(0, -int(d.min())), min(n, n - int(d.max()))
+    if hi <= lo:
+        return None
+    t = np.arange(lo, hi)
+    scores = P[t[:, None], t[:, None] + d[None, :]].mean(axis=0)
+    return int(offsets[int(np.argmax(scores))])
+
+
+def offset_report(model: torch.nn.Module, utts: Sequence[Utterance], shifts: Sequence[int] = SHIFTS,
+                  max_offset: int = MAX_OFFSET, tolerance: int = 1, max_windows: int = 0,
+                  seed: int = EVAL_SEED, device: torch.device | str = "cpu") -> dict:
+    """Both offset protocols over `utts` (see the module docstring).
+
+    `max_windows` > 0 scores at most that many (seeded) windows in the per-window protocol.
+    """
+    errors, utt_errors, usable = [], [], 0
+    for utt in utts:
+        P = sync_matrix(model, utt, device=device)
+        errors.append(np.abs(window_offsets(P, max_offset)))
+        trial = [utterance_offset(P, s, max_offset) for s in shifts]
+        if any(o is not None for o in trial):
+            usable += 1
+        utt_errors += [abs(o - s) for o, s in zip(trial, shifts) if o is not None]
+    err = np.concatenate(errors) if errors else np.zeros(0, int)
+    if max_windows and len(err) > max_windows:
+        err = np.random.default_rng(seed).choice(err, max_windows, replace=False)
+    uerr = np.array(utt_errors, dtype=float)
+    return {
+        "offset_accuracy": float((err <= tolerance).mean()) if len(err) else None,
+        "offset_mean_abs_error": float(err.mean()) if len(err) else None,
+        "n_windows": int(len(err)),
+        "utterance_offset_accuracy": float((uerr <= tolerance).mean()) if len(uerr) else None,
+        "utterance_offset_mean_abs_error": float(uerr.mean()) if len(uerr) else None,
+        "utterance_offset_trials": int(len(uerr)), "utterance_offset_utterances": usable,
+        "offset_protocol": {"max_offset": max_offset, "tolerance": tolerance,
+                            "shifts": [int(min(shifts)), int(max(shifts))] if len(shifts) else []},
+    }
+
+
+def offset_accuracy(model: torch.nn.Module, utts: Sequence[Utterance], n_windows: int = 200,
+                    max_offset: int = MAX_OFFSET, tolerance: int = 1, seed: int = EVAL_SEED,
+                    device: torch.device | str = "cpu") -> dict:
+    """Per-window offset protocol only (kept for callers of the first cut)."""
+    r = offset_report(model, utts, (), max_offset, tolerance, n_windows, seed, device)
+    return {k: r[k] for k in ("offset_accuracy", "offset_mean_abs_error", "n_windows")}
+
+
+def full_report(model: torch.nn.Module, splits: dict[str, list[Utterance]], split: str,
+                n_pairs: int = 1000, ratio: float = 0.2, offsets: bool = True,
+                shifts: Sequence[int] = SHIFTS, max_offset: int = MAX_OFFSET,
+                device: torch.device | str = "cpu", data: EvalSet | None = None,
+                max_windows: int = 0) -> dict:
+    """Both protocols on one split: what final.json and the CLI report."""
+    data = data or held_out_set(splits, split, n_pairs, ratio)
+    report = evaluate(model, data, device=device)
+    if offsets:
+        report.update(offset_report(model, splits[split], shifts, max_offset,
+                                    max_windows=max_windows, device=device))
+    report["speakers"] = len({u.speaker_id for u in splits[split]})
+    report["utterances"] = len(splits[split])
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Evaluate a UniSync checkpoint on a split of a store.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt or best.pt of a fit.py run")
+    p.add_argument("--store", required=True, help="store root (holds catalog/ and shards/)")
+    p.add_argument("--split", default="test", help="split to evaluate")
+    p.add_argument("--pairs", type=int, default=1000, help="fixed seeded pairs for protocol 1")
+    p.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the evaluation pairs")
+    p.add_argument("--cross-speaker-ratio", type=float, default=None,
+                   help="cross-speaker share of negatives (unset: the ratio fit.py evaluated with, 0.2)")
+    p.add_argument("--max-offset", type=int, default=MAX_OFFSET, help="offsets searched: +/- this")
+    p.add_argument("--shifts", default="-10,10", help="injected shifts 'lo,hi' (per-utterance protocol)")
+    p.add_argument("--no-offsets", action="store_true", help="skip protocol 2")
+    p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', ...")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    return p
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{r['combo']} on {r['split']} ({r['utterances']} utterances, {r['speakers']} speakers, "
+             f"{r['n_pairs']} pairs)",
+             f"  balanced accuracy  {r['balanced_accuracy']:.4f}   (accuracy {r['accuracy']:.4f})"]
+    for k, v in r["per_type"].items():
+        bal = r["balanced_per_type"].get(k)
+        lines.append(f"    {k:<13} accuracy {v:.4f}" + (f"   balanced vs pos {bal:.4f}" if bal else ""))
+    if r.get("offset_accuracy") is not None:
+        lines.append(f"  offset per window   accuracy {r['offset_accuracy']:.4f}   mean |error| "
+                     f"{r['offset_mean_abs_error']:.2f} frames  ({r['n_windows']} windows)")
+    if r.get("utterance_offset_accuracy") is not None:
+        lo, hi = r["offset_protocol"]["shifts"]
+        lines.append(f"  offset per utterance accuracy {r['utterance_offset_accuracy']:.4f}   mean |error| "
+                     f"{r['utterance_offset_mean_abs_error']:.2f} frames  "
+                     f"({r['utterance_offset_trials']} trials: shifts {lo}..{hi} x "
+                     f"{r['utterance_offset_utterances']} utterances)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.combos import combo_fields
+    from training.data import StoreError, load_splits, read_catalog, select_rows
+    from training.fit import load_checkpoint, pick_device
+
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    model, ckpt = load_checkpoint(args.checkpoint, map_location=str(device))
+    model.to(device)
+    train_args = ckpt.get("args", {})
+    ratio = args.cross_speaker_ratio if args.cross_speaker_ratio is not None else \
+        train_args.get("eval_cross_speaker_ratio", 0.2)
+    lo, hi = (int(x) for x in args.shifts.split(","))
+    try:
+        fields = combo_fields(model.combo)
+        rows = read_catalog(args.store)
+        select_rows(rows, fields, [args.split], args.store)  # names the split if it has nothing
+        # the other held-out splits lend cross-speaker audio to a one-speaker split
+        wanted = [args.split]
+        for s in ("val", "test"):
+            if s != args.split and any(r["split"] == s for r in rows):
+                try:
+                    select_rows(rows, fields, [s], args.store)
+                    wanted.append(s)
+                except StoreError:
+                    pass
+        splits = load_splits(args.store, fields, wanted,
+                             landmarks_center=train_args.get("landmarks_center", True))
+        for us in splits.values():
+            for u in us:  # cut windows as the model was trained on them
+                u.image_scale = train_args.get("image_scale", 1.0)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = {"combo": model.combo, "split": args.split, "checkpoint": str(args.checkpoint),
+              "step": ckpt.get("step")}
+    report |= full_report(model, splits, args.split, args.pairs, ratio, not args.no_offsets,
+                          range(lo, hi + 1), args.max_offset, device,
+                          data=held_out_set(splits, args.split, args.pairs, ratio, args.seed))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

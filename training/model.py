@@ -1,22 +1,36 @@
-"""The UniSync dual-stream sync expert (paper Fig. 2).
+"""The UniSync dual-stream sync expert (paper Fig. 2), for all eight `<audio>_<visual>` combos.
 
-    visual window -> eps1 adapter -> adaptive avg pool to (128w, 12, 12) -> eps2 trunk -> v' (512w)
+    visual window -> eps1 adapter -> adaptive avg pool to (128w, 24, 24) -> eps2 trunk -> v' (512w)
     audio window  -> eps3 adapter -> adaptive avg pool to (128w, 9, 6)   -> eps4 trunk -> a' (512w)
     p_sync = cos(ReLU(v'), ReLU(a'))  in [0, 1]  (both embeddings are non-negative)
 
-Only the adapters know a representation; the pooled shapes are fixed, so the trunks are the same
-for every combo. Layers follow Wav2Lip's SyncNet_color (conv + BN + ReLU blocks, residual blocks
-inside each stage): the rgb adapter is its face encoder up to the 128-channel stage, the mel
-adapter its audio encoder up to the 128-channel stage, and the trunks are the rest, with the visual
-trunk's first downsampling done by the pool. At width 1.0, mel_rgb has about 16.3M parameters
-(the paper's Table III; Wav2Lip's expert has 16.4M). `width` scales every channel count and
-`depth` the residual blocks per stage (by default all of them at width >= 0.5, none below), so
-width=0.25 gives a ~0.5M-parameter mel_landmarks model whose batch-64 step takes ~50 ms on 2 CPU
-cores.
+Only the adapters know a representation; the pooled shapes are fixed, so the two trunks are the
+same modules for every combo (a checkpoint's trunks can be moved between combos). Layers follow
+Wav2Lip's SyncNet_color: Conv2d + BatchNorm + ReLU blocks with residual blocks inside each stage.
 
-Small inputs (landmarks, 3DMM coefficients, HuBERT rows) are lifted to a 2D map by a per-row MLP
-whose output is reshaped to `k` maps of the pooled size, then stacked over rows on channels, so the
-same convolutional trunk sees them.
+Adapters (eps1 visual, eps3 audio), window inputs as windows.py cuts them:
+
+| representation | window input | adapter |
+|---|---|---|
+| rgb | (15, 48, 96) lower half, 5 frames on channels | Wav2Lip face encoder up to its 128-channel stage (7x7, 5x5 stride (1, 2), 64-channel residual stage, stride 2) |
+| parsing | (5, 48, 96) class ids 0..18 | a learned 3-d embedding per CelebAMask-HQ class (a 1x1 conv on the 19-way one-hot), then the rgb adapter's layers |
+| landmarks | (5, 478*3) | per-frame MLP lifted to 4 maps of 12x12, frames on channels, conv, upsample x2, convs at 24x24 |
+| tdmm | (5, 7 + 64) | as landmarks |
+| mel | (1, 80, 16) | Wav2Lip audio encoder up to its 128-channel stage |
+| hubert | (10, 1024) | per-step MLP lifted to 4 maps of 9x6, steps on channels, convs |
+
+Size at width 1.0 (python training/fit.py --print-model --combo all prints it): 15.4M-16.8M
+parameters and 1.61-1.70 G multiply-adds per pair for every combo (the paper's Table III: 16.3M,
+1.73G). The paper's FLOPs follow the thop convention, one multiply-add = one FLOP: Wav2Lip's expert
+(SyncNet_color) has 16.44M parameters and 1.21 G multiply-adds by the same counter, and the paper
+lists 16.4M and 1.22G for it. The image adapters are costly at 48 x 96 and the geometry adapters
+cheap, so the geometry adapters carry residual blocks at 24 x 24 that keep every combo near the
+paper's budget; the visual trunk spends its compute at 24 x 24 (8 residual blocks at 128
+channels) rather than on 512-channel blocks, which is how 1.7 G fits in ~16M parameters.
+
+`width` scales every channel count and `depth` the residual blocks per stage (all at width >= 0.5,
+none below by default), so width=0.25 gives a model of a few hundred thousand parameters whose
+batch-64 step takes well under 0.1 s on a CPU core for the geometry combos.
 """
 from __future__ import annotations
 
@@ -25,13 +39,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.combos import parse_combo
-from training.windows import PARSING_CLASSES
 
-VISUAL_SHAPE = (128, 12, 12)  # (channels at width 1, H, W) after the visual pool
+VISUAL_SHAPE = (128, 24, 24)  # (channels at width 1, H, W) after the visual pool
 AUDIO_SHAPE = (128, 9, 6)  # after the audio pool (mel's 80 x 16 window comes out at 9 x 6)
 LANDMARK_DIM = 478 * 3  # MediaPipe face mesh, flattened per frame
 TDMM_DIM = 7 + 64  # pose (rotation 3, translation 3, scale 1) + expression coefficients
 HUBERT_DIM = 1024
+PARSING_CLASSES = 19  # CelebAMask-HQ ids 0..18
+PARSING_EMBED = 3  # channels per frame after the class embedding (as rgb's 3)
+
+# Residual blocks per stage at depth 1 (tuned so every combo is near 16.3M params, 1.73 GMAC).
+VISUAL_TRUNK_BLOCKS = (8, 3, 1)  # at 24x24 (128 ch), 12x12 (256 ch), 6x6 (512 ch)
+GEOMETRY_BLOCKS = 5  # landmarks / tdmm adapter, at 24x24 (128 ch)
 
 
 def channels(c: int, width: float) -> int:
@@ -43,7 +62,7 @@ def default_depth(width: float) -> float:
 
     The residual blocks are most of the compute; a narrow model keeps the downsampling
     convolutions (same receptive field, same shapes) and drops them, which makes a width-0.25
-    mel_landmarks step several times faster with little loss on this task.
+    step several times faster with little loss on the synthetic corpus.
     """
     return 1.0 if width >= 0.5 else 0.0
 
@@ -83,7 +102,7 @@ class FixedPool(nn.Module):
 
 
 def res(c: int, n: int, depth: float = 1.0) -> list[nn.Module]:
-    """`n` residual blocks at width-1 depth; `depth` < 1 drops some (narrow CPU models)."""
+    """`n` residual blocks at depth 1; `depth` < 1 keeps round(n * depth) of them."""
     return [ConvBlock(c, c, residual=True) for _ in range(int(round(n * depth)))]
 
 
@@ -91,7 +110,7 @@ def res(c: int, n: int, depth: float = 1.0) -> list[nn.Module]:
 # eps1 / eps3: per-representation adapters
 # ---------------------------------------------------------------------------------------------
 class ImageAdapter(nn.Sequential):
-    """(C, 48, 96) lower-face images (rgb frames, one-hot parsing maps) -> (128w, 24, 24)."""
+    """(C, 48, 96) lower-face images -> (128w, 24, 24) (Wav2Lip's face encoder, first stages)."""
 
     def __init__(self, cin: int, width: float, depth: float = 1.0):
         c32, c64, c128 = (channels(c, width) for c in (32, 64, 128))
@@ -99,12 +118,32 @@ class ImageAdapter(nn.Sequential):
             ConvBlock(cin, c32, 7, 1, 3),
             ConvBlock(c32, c64, 5, (1, 2), 2),  # 48 x 96 -> 48 x 48
             *res(c64, 2, depth),
-            ConvBlock(c64, c128, 3, 2, 1),  # -> 24 x 24; the pool halves it again
-            *res(c128, 3, depth))
+            ConvBlock(c64, c128, 3, 2, 1))  # -> 24 x 24
+
+
+class ParsingAdapter(nn.Module):
+    """(5, 48, 96) CelebAMask-HQ class ids -> (128w, 24, 24).
+
+    Each class id gets a learned 3-d vector (the same as a 1x1 convolution of the 19-way one-hot,
+    without materialising it); the 5 frames' maps are stacked on channels like rgb's.
+    """
+
+    def __init__(self, width: float, depth: float = 1.0, frames: int = 5):
+        super().__init__()
+        self.embed = nn.Embedding(PARSING_CLASSES, PARSING_EMBED)
+        self.image = ImageAdapter(frames * PARSING_EMBED, width, depth)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        b, t, h, w = ids.shape
+        x = self.embed(ids.long().clamp_(0, PARSING_CLASSES - 1))  # (B, T, H, W, E)
+        x = x.permute(0, 1, 4, 2, 3).reshape(b, t * PARSING_EMBED, h, w)
+        if ids.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.image(x)
 
 
 class MelAdapter(nn.Sequential):
-    """(1, 80, 16) mel window -> (128w, 9, 6)."""
+    """(1, 80, 16) mel window -> (128w, 9, 6) (Wav2Lip's audio encoder, first stages)."""
 
     def __init__(self, width: float, depth: float = 1.0):
         c32, c64, c128 = (channels(c, width) for c in (32, 64, 128))
@@ -117,46 +156,55 @@ class MelAdapter(nn.Sequential):
 class SequenceLift(nn.Module):
     """(T, D) rows (landmark frames, 3DMM frames, HuBERT steps) -> (C, H, W) feature map.
 
-    Each row goes through the same MLP to k maps of H x W; the T*k maps are stacked on channels
-    (the time order becomes the channel order, as Wav2Lip stacks frames) and convolved.
+    Each row goes through the same MLP to k maps of the lift size; the T*k maps are stacked on
+    channels (the time order becomes the channel order, as Wav2Lip stacks frames), convolved,
+    upsampled to the output size when it is larger, and convolved again ("dimensionality
+    increase", paper Sec. III-A).
     """
 
-    def __init__(self, rows: int, dim: int, shape: tuple[int, int, int], width: float,
-                 depth: float = 1.0, k: int = 4):
+    def __init__(self, rows: int, dim: int, out: tuple[int, int, int], width: float,
+                 depth: float = 1.0, lift: tuple[int, int] | None = None, blocks: int = 1,
+                 k: int = 4):
         super().__init__()
-        cout, h, w = shape
+        cout, h, w = out
+        self.lift = tuple(lift or (h, w))
+        self.k = k
         hidden = channels(256, width)
-        self.h, self.w, self.k = h, w, k
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, k * h * w))
-        cmid = channels(64, width)
-        self.convs = nn.Sequential(
-            nn.BatchNorm2d(rows * k), nn.ReLU(),
-            ConvBlock(rows * k, cmid), *res(cmid, 1, depth),
-            ConvBlock(cmid, channels(cout, width)), *res(channels(cout, width), 1, depth))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, k * self.lift[0] * self.lift[1]))
+        cmid, cout = channels(64, width), channels(cout, width)
+        self.pre = nn.Sequential(nn.BatchNorm2d(rows * k), nn.ReLU(), ConvBlock(rows * k, cmid),
+                                 *res(cmid, 1, depth))
+        self.up = nn.Identity() if self.lift == (h, w) else nn.Upsample(size=(h, w), mode="nearest")
+        self.post = nn.Sequential(ConvBlock(cmid, cout), *res(cout, blocks, depth))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        maps = self.mlp(x).reshape(b, t * self.k, self.h, self.w)
-        return self.convs(maps)
+        maps = self.mlp(x).reshape(b, t * self.k, *self.lift)
+        if x.device.type == "cpu":
+            maps = maps.contiguous(memory_format=torch.channels_last)
+        return self.post(self.up(self.pre(maps)))
 
 
 def visual_adapter(name: str, width: float, depth: float = 1.0, dim: int | None = None) -> nn.Module:
+    """eps1 for one visual representation; output (128w, 24, 24) for the standard inputs."""
     if name == "rgb":
         return ImageAdapter(15, width, depth)
     if name == "parsing":
-        return ImageAdapter(5 * len(PARSING_CLASSES), width, depth)
-    if name == "landmarks":
-        return SequenceLift(5, dim or LANDMARK_DIM, VISUAL_SHAPE, width, depth)
-    if name == "tdmm":
-        return SequenceLift(5, dim or TDMM_DIM, VISUAL_SHAPE, width, depth)
+        return ParsingAdapter(width, depth)
+    if name in ("landmarks", "tdmm"):
+        default = LANDMARK_DIM if name == "landmarks" else TDMM_DIM
+        return SequenceLift(5, dim or default, VISUAL_SHAPE, width, depth, lift=(12, 12),
+                            blocks=GEOMETRY_BLOCKS)
     raise ValueError(f"unknown visual representation {name!r}")
 
 
 def audio_adapter(name: str, width: float, depth: float = 1.0, dim: int | None = None) -> nn.Module:
+    """eps3 for one audio representation; output (128w, 9, 6)."""
     if name == "mel":
         return MelAdapter(width, depth)
     if name == "hubert":
-        return SequenceLift(10, dim or HUBERT_DIM, AUDIO_SHAPE, width, depth)
+        return SequenceLift(10, dim or HUBERT_DIM, AUDIO_SHAPE, width, depth, blocks=2)
     raise ValueError(f"unknown audio representation {name!r}")
 
 
@@ -164,13 +212,16 @@ def audio_adapter(name: str, width: float, depth: float = 1.0, dim: int | None =
 # eps2 / eps4: shared trunks
 # ---------------------------------------------------------------------------------------------
 class VisualTrunk(nn.Sequential):
-    """(128w, 12, 12) -> (512w,) embedding; the last block's ReLU makes it non-negative."""
+    """(128w, 24, 24) -> (512w,) embedding; the last block's ReLU makes it non-negative."""
 
     def __init__(self, width: float, depth: float = 1.0):
         c128, c256, c512 = (channels(c, width) for c in (128, 256, 512))
+        n24, n12, n6 = VISUAL_TRUNK_BLOCKS
         super().__init__(
-            ConvBlock(c128, c256, 3, 2, 1), *res(c256, 2, depth),  # -> 6 x 6
-            ConvBlock(c256, c512, 3, 2, 1), *res(c512, 3, depth),  # -> 3 x 3
+            *res(c128, n24, depth),
+            ConvBlock(c128, c256, 3, 2, 1), *res(c256, n12, depth),  # -> 12 x 12
+            ConvBlock(c256, c512, 3, 2, 1), *res(c512, n6, depth),  # -> 6 x 6
+            ConvBlock(c512, c512, 3, 2, 1),  # -> 3 x 3
             ConvBlock(c512, c512, 3, 1, 0),  # -> 1 x 1
             ConvBlock(c512, c512, 1, 1, 0), nn.Flatten())
 
@@ -212,11 +263,80 @@ class UniSync(nn.Module):
         return F.relu(self.audio_trunk(self.audio_pool(self.audio_adapter(audio))))
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        """p_sync per pair, shape (B,), in [0, 1]."""
-        v, a = self.embed_visual(visual), self.embed_audio(audio)
+        """p_sync per pair, shape (B,), in [0, 1] (computed in float32 under autocast)."""
+        v, a = self.embed_visual(visual).float(), self.embed_audio(audio).float()
         return F.cosine_similarity(v, a, dim=1, eps=1e-8).clamp(0.0, 1.0)
 
 
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (the paper's "Params" column)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def input_shapes(combo: str, visual_dim: int | None = None,
+                 audio_dim: int | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of one pair's (visual, audio) window inputs, as windows.py makes them."""
+    audio, visual = parse_combo(combo)
+    v = {"rgb": (15, 48, 96), "parsing": (5, 48, 96), "landmarks": (5, visual_dim or LANDMARK_DIM),
+         "tdmm": (5, visual_dim or TDMM_DIM)}[visual]
+    a = {"mel": (1, 80, 16), "hubert": (10, audio_dim or HUBERT_DIM)}[audio]
+    return v, a
+
+
+def example_inputs(model: UniSync, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """A zero batch of the right shapes and dtypes for `model` (parsing ids are integers)."""
+    v, a = input_shapes(model.combo, model.visual_dim, model.audio_dim)
+    vdtype = torch.uint8 if parse_combo(model.combo)[1] == "parsing" else torch.float32
+    return torch.zeros(batch, *v, dtype=vdtype), torch.zeros(batch, *a)
+
+
+@torch.no_grad()
+def count_macs(model: UniSync) -> dict[str, int]:
+    """Multiply-adds of one pair's forward pass, per part, from torch's FLOP counter.
+
+    torch.utils.flop_counter counts 2 FLOPs per multiply-add of convolutions and matrix products
+    (BatchNorm, ReLU, pooling and the cosine are not counted, as in thop); halved here, so a
+    returned count is in the paper's convention (1 multiply-add = 1 FLOP).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    visual, audio = example_inputs(model)
+    device = next(model.parameters()).device
+    visual, audio = visual.to(device), audio.to(device)
+    parts = {}
+    for name, fn, x in (("visual", model.embed_visual, visual), ("audio", model.embed_audio, audio)):
+        with FlopCounterMode(display=False) as counter:
+            fn(x)
+        parts[name] = counter.get_total_flops() // 2
+    model.train(was_training)
+    parts["total"] = parts["visual"] + parts["audio"]
+    return parts
+
+
+def describe(model: UniSync | str, width: float = 1.0, depth: float | None = None) -> dict:
+    """Parameters (per part) and multiply-adds per pair of `model`: what --print-model shows.
+
+    Given a combo name, the model is built on the meta device (no memory, no compute: shapes and
+    counts only), which makes this instant even at paper size.
+    """
+    if isinstance(model, str):
+        with torch.device("meta"):
+            model = UniSync(model, width, depth)
+    def n(m: nn.Module) -> int:
+        return count_parameters(m)
+
+    macs = count_macs(model)
+    return {
+        "combo": model.combo, "width": model.width, "depth": model.depth,
+        "params": n(model),
+        "params_by_part": {"eps1_visual_adapter": n(model.visual_adapter),
+                           "eps2_visual_trunk": n(model.visual_trunk),
+                           "eps3_audio_adapter": n(model.audio_adapter),
+                           "eps4_audio_trunk": n(model.audio_trunk)},
+        "macs_per_pair": macs["total"],
+        "macs_by_stream": {"visual": macs["visual"], "audio": macs["audio"]},
+        "flops_per_pair_2x": 2 * macs["total"],
+        "paper": {"params": 16.3e6, "flops": 1.73e9, "flops_convention": "1 multiply-add = 1 FLOP"},
+    }

@@ -10,7 +10,10 @@ A pair is a visual window (utterance, start frame) and an audio window (utteranc
            person's; their share of the negatives is `cross_speaker_ratio` (0.2 by default).
 
 Everything comes from one numpy Generator, so a seed fixes the whole sequence of batches (the
-evaluation set is simply the first n pairs of a sampler with a fixed seed).
+evaluation set is simply the first n pairs of a sampler with a fixed seed), and the generator's
+state is the sampler's position: `state()` / `set_state()` make a resumed run draw exactly the
+pairs the uninterrupted run would have drawn. Speaker ids are the catalog's (`speaker_id`), so a
+cross-speaker negative's audio really is another speaker's.
 """
 from __future__ import annotations
 
@@ -52,22 +55,29 @@ class PairSampler:
     single speaker needs another split's audio for its cross-speaker negatives.
     """
 
-    def __init__(self, utterances: Sequence[Utterance], seed: int = 0,
+    def __init__(self, utterances: Sequence[Utterance], seed: int | Sequence[int] = 0,
                  cross_speaker_ratio: float = 0.2, pos_ratio: float = 0.5,
-                 audio_pool: Sequence[Utterance] | None = None):
+                 audio_pool: Sequence[Utterance] | None = None,
+                 rng: np.random.Generator | None = None):
+        """`seed` seeds a fresh generator; `rng` (shared, e.g. across a shard-buffer refresh)
+        is used as is instead."""
         pool = list(audio_pool) if audio_pool is not None else list(utterances)
         if any(pool[i] is not u for i, u in enumerate(utterances)):
             raise ValueError("audio_pool must start with the visual utterances, in order")
         self.utts, self.pool = list(utterances), pool
         self.cross_ratio, self.pos_ratio = float(cross_speaker_ratio), float(pos_ratio)
-        self.rng = np.random.default_rng(seed)
+        self.rng = rng if rng is not None else np.random.default_rng(seed)
+        self.drawn = 0  # pairs drawn so far
         windows = np.array([u.n_windows for u in self.utts])
         if windows.sum() == 0:
             raise ValueError("no utterance has a full 5-frame window")
-        speakers = [u.speaker_id for u in pool]
-        self.others = {s: np.array([i for i, o in enumerate(speakers) if o != s and pool[i].n_windows > 0])
-                       for s in set(speakers)}
-        if self.cross_ratio > 0 and any(len(self.others[u.speaker_id]) == 0 for u in self.utts):
+        # cross-speaker audio: uniform over the pool's utterances of any other speaker, drawn by
+        # rejection (O(1) memory per utterance, whatever the number of speakers)
+        codes = {s: i for i, s in enumerate(sorted({u.speaker_id for u in pool}))}
+        self.pool_valid = np.array([i for i, u in enumerate(pool) if u.n_windows > 0])
+        self.pool_speaker = np.array([codes[pool[i].speaker_id] for i in self.pool_valid])
+        self.speaker = [codes[u.speaker_id] for u in self.utts]
+        if self.cross_ratio > 0 and len(set(self.pool_speaker.tolist())) < 2:
             raise ValueError("cross-speaker negatives need utterances of at least two speakers "
                              "(pass an audio_pool with other speakers, or cross_speaker_ratio=0)")
         # utterances long enough for an overlapping (False) / a far (True) shift
@@ -99,8 +109,11 @@ class PairSampler:
 
     def _cross(self) -> Pair:
         i, t = self._visual()
-        others = self.others[self.utts[i].speaker_id]
-        j = int(others[self.rng.integers(len(others))])
+        while True:
+            k = int(self.rng.integers(len(self.pool_valid)))
+            if self.pool_speaker[k] != self.speaker[i]:
+                break
+        j = int(self.pool_valid[k])
         return Pair(i, t, j, int(self.rng.integers(self.pool[j].n_windows)), 0, "cross")
 
     def draw(self) -> Pair:
@@ -113,4 +126,13 @@ class PairSampler:
 
     def sample(self, n: int) -> list[Pair]:
         """The next n pairs of this sampler's seeded sequence."""
+        self.drawn += n
         return [self.draw() for _ in range(n)]
+
+    def state(self) -> dict:
+        """The sampler's position: its generator state and the pairs drawn so far."""
+        return {"rng": self.rng.bit_generator.state, "drawn": self.drawn}
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.drawn = int(state["drawn"])

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from catalog.layout import sidecar_path, table_path, tar_path
-from catalog.splits import speaker_disjoint_splits
+from catalog.splits import assign_splits
 from pipelines.plan import PLAN_COLUMNS, plan_table
 
 SPEAKER_SOURCE = {  # what a corpus's speaker_id really is; LRS2 has no speaker labels
@@ -80,12 +80,7 @@ def build_catalog(store: Path, plan: list[dict], fields: list[str], val: float =
                     error_rows.append({"utt_id": m["utt_id"], "dataset": dataset, "shard_id": shard_id,
                                        "field": field, "stage": m["stage"], "reason": m["reason"]})
     utts = sorted(rows.values(), key=lambda r: (r["dataset"], r["shard_id"], r["index_in_shard"]))
-    for dataset in {r["dataset"] for r in utts}:
-        splits = speaker_disjoint_splits([r["speaker_id"] for r in utts if r["dataset"] == dataset],
-                                         val=val, test=test, seed=seed)
-        for r in utts:
-            if r["dataset"] == dataset:
-                r["split"] = splits[r["speaker_id"]]
+    assign_splits(utts, val=val, test=test, seed=seed)
     for r in utts:
         n = r.get("n_frames")
         r["duration_s"] = n / 25.0 if n is not None else None

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from catalog.build import read_table, write_table
-from catalog.splits import speaker_disjoint_splits
+from catalog.splits import assign_splits
 
 SPLIT_COLUMNS = {"official": "official_split", "speaker": "split", "official_split": "official_split",
                  "split": "split"}
@@ -64,12 +64,7 @@ def splits(store: Path, val: float | None = None, test: float | None = None, see
     recompute = any(v is not None for v in (val, test, seed))
     val, test, seed = (0.1 if val is None else val), (0.1 if test is None else test), (seed or 0)
     if recompute:
-        for ds in {u["dataset"] for u in utts}:
-            assign = speaker_disjoint_splits([u["speaker_id"] for u in utts if u["dataset"] == ds],
-                                             val=val, test=test, seed=seed)
-            for u in utts:
-                if u["dataset"] == ds:
-                    u["split"] = assign[u["speaker_id"]]
+        assign_splits(utts, val=val, test=test, seed=seed)
         if write:
             _write_splits(store, utts)
     mine = [u for u in utts if dataset is None or u["dataset"] == dataset]

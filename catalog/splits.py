@@ -25,3 +25,12 @@ def speaker_disjoint_splits(speakers: list[str], val: float = 0.1, test: float =
     for i, spk in enumerate(order):
         out[spk] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     return out
+
+
+def assign_splits(rows: list[dict], val: float = 0.1, test: float = 0.1, seed: int = 0) -> None:
+    """Set each row's 'split' in place, speaker-disjoint within each dataset."""
+    for dataset in {r["dataset"] for r in rows}:
+        mine = [r for r in rows if r["dataset"] == dataset]
+        splits = speaker_disjoint_splits([r["speaker_id"] for r in mine], val=val, test=test, seed=seed)
+        for r in mine:
+            r["split"] = splits[r["speaker_id"]]

@@ -37,14 +37,8 @@ import numpy as np
 from catalog.layout import table_path, tar_path
 from features.codecs import jpeg_sequence_length
 from features.fields import ERROR_EXT, FIELDS
-from features.timebase import FPS, WINDOW, n_windows, window_slice
+from features.timebase import WINDOW, n_windows, window_slice
 
-# Rows per second and tar member extension of every field the trainer knows; the field registry
-# (features.fields) wins where it has the field.
-RATES = {"mel": 80, "hubert": 50, "fbank": 100, "rgb": FPS, "parsing": FPS, "landmarks": FPS,
-         "tdmm": FPS, "lip": FPS}
-EXTS = {"mel": "mel.npy", "hubert": "hubert.npy", "rgb": "rgb.jpgs", "parsing": "parsing.npy.gz",
-        "landmarks": "landmarks.npy", "tdmm": "tdmm.npy", "fbank": "fbank.npy", "lip": "lip.jpgs"}
 CROP = 96  # face crops (rgb, parsing, landmarks coordinates) are 96 x 96 pixels
 LANDMARK_SCALE = 4.0  # centred landmark deltas are a few pixels: x4 after mapping to [-1, 1]
 # tdmm rows: rotation (3, radians), translation (3, crop px), scale (1), expression (crop px)
@@ -76,20 +70,19 @@ class Utterance:
         return n_windows(self.n_frames)
 
 
+def field_spec(name: str):
+    """The registry entry (rate, member extension, decoder) of a field the trainer reads."""
+    if name not in FIELDS:
+        raise StoreError(f"unknown field {name!r}; known: {sorted(FIELDS)}")
+    return FIELDS[name]
+
+
 def rate_of(name: str) -> int:
-    if name in FIELDS:
-        return FIELDS[name].rate
-    if name in RATES:
-        return RATES[name]
-    raise StoreError(f"unknown field {name!r}")
+    return field_spec(name).rate
 
 
 def ext_of(name: str) -> str:
-    if name in FIELDS:
-        return FIELDS[name].ext
-    if name in EXTS:
-        return EXTS[name]
-    raise StoreError(f"unknown field {name!r}")
+    return field_spec(name).ext
 
 
 def read_catalog(store: Path | str) -> list[dict]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,16 +34,41 @@ class Utterance:
         return asdict(self)
 
 
+def video_files(root: Path) -> list[Path]:
+    """Every video under `root` (as seen from `root`, sorted), following symlinked folders and
+    files; a folder reached twice (a link loop, or two links to one folder) is walked once and
+    a dangling link is skipped with a warning."""
+    seen: set[tuple[int, int]] = set()
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        stat = os.stat(folder)
+        if (stat.st_dev, stat.st_ino) in seen:
+            dirs[:] = []  # a loop or a second link to a folder already walked
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs.sort()
+        for name in files:
+            path = Path(folder) / name
+            if path.suffix.lower() not in VIDEO_EXTENSIONS:
+                continue
+            if not path.exists():
+                print(f"warning: {path}: dangling symlink, skipped", file=sys.stderr)
+                continue
+            found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
 def folder_utterances(root: Path) -> list[Utterance]:
     """Any folder of videos: speaker = the parent folder's name, utt_id = path without extension.
 
-    A transcript is read from a .txt file of the same stem when present.
+    Symlinked folders and files are followed (ids use the names seen from the root). A
+    transcript is read from a .txt file of the same stem when present.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"corpus root {root} is not a directory")
     utts = []
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS):
+    for path in video_files(root):
         rel = path.relative_to(root).with_suffix("")
         text = path.with_suffix(".txt")
         utts.append(Utterance(

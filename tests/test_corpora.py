@@ -126,6 +126,30 @@ def test_max_seconds_cuts_only_long_pretrain_clips(trees, dataset):
         assert joined == expected[parent]["transcript"]
 
 
+def test_folder_follows_symlinked_speakers_and_files_without_looping(tmp_path):
+    """A root whose speaker folders (and some files) are symlinks, with a link loop and a
+    dangling link: every video once, ids as seen from the root, no hang."""
+    store = tmp_path / "elsewhere"
+    for spk in ("spkA", "spkB"):
+        (store / spk).mkdir(parents=True)
+        for utt in ("u0", "u1"):
+            (store / spk / f"{utt}.mp4").write_bytes(b"not decoded here")
+    (store / "spkA" / "u0.txt").write_text("hello there")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "spkA").symlink_to(store / "spkA", target_is_directory=True)
+    (root / "spkB").symlink_to(store / "spkB", target_is_directory=True)
+    (root / "spkC").mkdir()
+    (root / "spkC" / "linked.mp4").symlink_to(store / "spkB" / "u1.mp4")
+    (root / "spkC" / "gone.mp4").symlink_to(tmp_path / "missing.mp4")  # dangling: skipped
+    (root / "spkA" / "loop").symlink_to(root, target_is_directory=True)  # inside spkA: back to the root
+    utts = list_utterances("folder", root)
+    assert [u.utt_id for u in utts] == ["spkA/u0", "spkA/u1", "spkB/u0", "spkB/u1", "spkC/linked"]
+    assert [u.speaker_id for u in utts] == ["spkA", "spkA", "spkB", "spkB", "spkC"]
+    assert utts[0].transcript == "hello there"
+    assert utts[4].video_path == str((store / "spkB" / "u1.mp4").resolve())
+
+
 # ---------------------------------------------------------------- end to end through the real job
 # One private local Ray for the four runs (pipelines/extract.py's main, one dataset after the
 # other, appending to one store), so the workers load MediaPipe once; the CLI itself is

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from catalog.layout import sidecar_path, table_path, tar_path
 from catalog.splits import assign_splits
-from pipelines.plan import PLAN_COLUMNS, plan_table
+from catalog.plan import PLAN_COLUMNS, plan_table, write_plan
 
 SPEAKER_SOURCE = {  # what a corpus's speaker_id really is; LRS2 has no speaker labels
     "folder": "parent folder name",
@@ -31,11 +31,6 @@ def write_table(store: Path, name: str, table: pa.Table) -> None:
     tmp = path.with_suffix(".parquet.tmp")
     pq.write_table(table, tmp)
     tmp.replace(path)
-
-
-def write_plan(store: Path, plan: list[dict]) -> None:
-    """Store the plan before extraction, keeping results of utterances already built."""
-    write_table(store, "utterances", plan_table(plan))
 
 
 def _read_sidecar(store: Path, dataset: str, field: str, shard_id: int) -> dict | None:

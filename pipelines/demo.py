@@ -3,7 +3,7 @@
     python pipelines/demo.py --out demo_out
 
 Every step is the same code a user runs by hand: pipelines/synthetic.py, pipelines/extract.py,
-python -m catalog summary, training/fit.py and python -m features.preview.
+python -m catalog summary, training/fit.py and python -m catalog.preview.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from catalog.build import read_table  # noqa: E402
 from catalog.summary import format_summary, summarize  # noqa: E402
 from features.fields import FIELDS  # noqa: E402
 from features.hubert import DEFAULT_MODEL, HubertLoadError, load_model  # noqa: E402
-from features.preview import render_preview  # noqa: E402
+from catalog.preview import render_preview  # noqa: E402
 from pipelines.synthetic import generate_corpus  # noqa: E402
 
 
@@ -76,16 +76,15 @@ def main(argv=None) -> int:
     preview = render_preview(store, shown["utt_id"], out / "preview.png")
     print(f"[4/5] preview of {shown['utt_id']} -> {preview}")
 
-    from training.fit import parse_args as fit_args
+    from training.config import TrainConfig
     from training.fit import train
 
     results = {}
     for combo in args.combos:
         print(f"[5/5] training {combo} (width {args.width}, at most {args.minutes} min)")
-        results[combo] = train(fit_args([
-            "--combo", combo, "--store", str(store), "--out", str(out / "runs" / combo),
-            "--width", str(args.width), "--max-minutes", str(args.minutes), "--steps", str(args.steps),
-            "--seed", str(args.seed)]))
+        results[combo] = train(TrainConfig(
+            combo=combo, store=str(store), out=str(out / "runs" / combo), width=args.width,
+            max_minutes=args.minutes, steps=args.steps, seed=args.seed))
 
     final = {
         "utterances": summary["utterances"], "ok": summary["ok"], "speakers": summary["speakers"],

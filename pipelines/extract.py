@@ -19,13 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
 
-from catalog.build import build_catalog, write_plan  # noqa: E402
+from catalog.build import build_catalog  # noqa: E402
 from catalog.layout import STORE_VERSION, read_store_json, write_store_json  # noqa: E402
+from catalog.plan import DEFAULT_SHARD_MINUTES, extend_plan, read_plan, shards_of, write_plan  # noqa: E402
 from features.fields import DEFAULT_FIELDS, FIELDS, Options, resolve  # noqa: E402
 from features.hubert import DEFAULT_MODEL, MANDARIN_MODEL  # noqa: E402
 from features.timebase import FPS, WINDOW  # noqa: E402
 from pipelines.adapters import ADAPTERS, LANGUAGES, list_utterances  # noqa: E402
-from pipelines.plan import extend_plan, read_plan, shards_of  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,7 +41,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hubert-layer", type=int, default=-1, help="hidden layer to store (-1: last)")
     p.add_argument("--workers", type=int, default=None,
                    help="concurrent shard tasks (default: every CPU Ray offers)")
-    p.add_argument("--shard-size", type=int, default=16, help="utterances per shard (new shards only)")
+    p.add_argument("--shard-minutes", type=float, default=DEFAULT_SHARD_MINUTES,
+                   help="minutes of video per new shard (catalog/plan.py: durations when known, else "
+                        "file size / an assumed bitrate); existing shards are kept")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="also cap new shards at this many utterances (unset: no cap)")
     p.add_argument("--overwrite", action="store_true", help="redo complete (shard, field) pairs")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--val", type=float, default=0.1, help="share of speakers in the val split")
@@ -140,7 +144,7 @@ def main(argv=None) -> int:
         print(f"error: no videos found under {args.root} for dataset {args.dataset!r}", file=sys.stderr)
         return 2
     existing = read_plan(store)
-    dataset_plan = extend_plan(existing, args.dataset, utterances, args.shard_size)
+    dataset_plan = extend_plan(existing, args.dataset, utterances, args.shard_size, args.shard_minutes)
     plan = [r for r in existing if r["dataset"] != args.dataset] + dataset_plan
     write_plan(store, plan)
 

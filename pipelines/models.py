@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from catalog.layout import models_dir, sidecar_path, tar_path
+from catalog.plan import shards_of
+from catalog.tars import iter_members
 from features import tdmm
 from features.fields import FIELDS
-from pipelines.plan import shards_of
-from pipelines.tars import read_members
 
 
 def tdmm_model_path(store: Path) -> Path:
@@ -25,7 +25,7 @@ def stored_landmarks(store: Path, dataset: str, plan: list[dict], limit: int) ->
         side = sidecar_path(store, dataset, "landmarks", shard_id)
         if not side.exists() or not any(m["status"] == "ok" for m in json.loads(side.read_text())["members"]):
             continue
-        for name, data in read_members(tar_path(store, dataset, "landmarks", shard_id)):
+        for name, data in iter_members(tar_path(store, dataset, "landmarks", shard_id)):
             if name.split(".", 1)[1] == ext:
                 out.append(FIELDS["landmarks"].decode(data).astype(np.float32))
                 if len(out) >= limit:

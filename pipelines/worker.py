@@ -12,9 +12,9 @@ import traceback
 from pathlib import Path
 
 from catalog.layout import sidecar_path, tar_path
+from catalog.tars import TarWriter, iter_members, sha256, write_atomic
 from features.fields import ERROR_EXT, FIELDS, META_EXT, Options, Sources
 from features.timebase import FPS
-from pipelines.tars import read_members, sha256, tar_bytes, write_atomic
 
 _TRACKER = None  # one FaceTracker per worker process: the MediaPipe graphs load once
 _TDMM: dict[str, object] = {}  # morphable models by path, loaded once per worker
@@ -46,7 +46,7 @@ def stored_inputs(store: Path, dataset: str, shard_id: int, todo: list[str]) -> 
     for name in sorted(wanted):
         if not is_complete(store, dataset, name, shard_id):
             continue
-        for member, data in read_members(tar_path(store, dataset, name, shard_id)):
+        for member, data in iter_members(tar_path(store, dataset, name, shard_id)):
             key, ext = member.split(".", 1)
             if ext == FIELDS[name].ext:
                 out.setdefault(key, {})[name] = data
@@ -135,11 +135,12 @@ def extract_shard(store: str, dataset: str, shard_id: int, rows: list[dict], fie
     for name in todo:
         for stale in tar_path(store, dataset, name, shard_id).parent.glob(f".{dataset}-{shard_id:06d}.*.tmp-*"):
             stale.unlink(missing_ok=True)  # left by a killed run
-        data = tar_bytes(members[name])
-        write_atomic(tar_path(store, dataset, name, shard_id), data)
+        with TarWriter(tar_path(store, dataset, name, shard_id)) as tar:
+            for member, data in members[name]:
+                tar.add(member, data)
         side = {"field": name, "dataset": dataset, "shard_id": shard_id,
                 "version": FIELDS[name].version if name in FIELDS else "meta-1",
-                "n_members": len(members[name]), "bytes": len(data), "sha256": sha256(data),
+                "n_members": tar.n_members, "bytes": tar.bytes, "sha256": tar.sha256,
                 "members": entries[name]}
         write_atomic(sidecar_path(store, dataset, name, shard_id),
                      json.dumps(side, sort_keys=True, indent=1).encode())

@@ -15,9 +15,9 @@ from catalog.__main__ import main as catalog_main
 from catalog.layout import tar_path
 from catalog.query import QueryError, run_query
 from catalog.queries import overlap, speakers, splits
+from catalog.tars import iter_members, tar_bytes
 from catalog.verify import verify
 from pipelines.corpora.fixtures import LRS2_PROGRAMMES, build_lrs2, make_clips
-from pipelines.tars import read_members, tar_bytes
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow  # the store fixture runs the Ray extraction job
@@ -135,25 +135,25 @@ def _missing(path: Path):
 
 
 def _reorder(path: Path):
-    members = read_members(path)
+    members = list(iter_members(path))
     path.write_bytes(tar_bytes([members[1], members[0], *members[2:]]))
 
 
 def _alter_same_size(path: Path):
-    members = read_members(path)
+    members = list(iter_members(path))
     name, data = members[0]
     members[0] = (name, data[:-1] + bytes([data[-1] ^ 0xFF]))
     path.write_bytes(tar_bytes(members))
 
 
 def _alter_size(path: Path):
-    members = read_members(path)
+    members = list(iter_members(path))
     members[1] = (members[1][0], members[1][1] + b"extra")
     path.write_bytes(tar_bytes(members))
 
 
 def _duplicate(path: Path):
-    members = read_members(path)
+    members = list(iter_members(path))
     path.write_bytes(tar_bytes([members[0], members[0], *members[1:]]))
 
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalog.layout import table_path
-from pipelines.tars import read_members
+from catalog.tars import iter_members
 from tests.conftest import REPO, make_bad_inputs
 
 pytestmark = pytest.mark.slow
@@ -82,7 +82,7 @@ def test_field_series_are_aligned_with_placeholders(store):
         for shard_id in sorted({u["shard_id"] for u in plan}):
             rows = sorted((u for u in plan if u["shard_id"] == shard_id), key=lambda u: u["index_in_shard"])
             path = store / "shards" / "folder" / field / f"folder-{shard_id:06d}.tar"
-            keys = [name.split(".", 1)[0] for name, _ in read_members(path)]
+            keys = [name.split(".", 1)[0] for name, _ in iter_members(path)]
             assert keys == [u["key"] for u in rows]
 
 

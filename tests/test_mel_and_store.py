@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from catalog.plan import extend_plan, shards_of
 from catalog.splits import speaker_disjoint_splits
+from catalog.tars import iter_members, tar_bytes
 from features.codecs import decode_jpeg_sequence, encode_jpeg_sequence
 from features.mel import wav2lip_mel
 from features.timebase import window_slice
 from pipelines.adapters import Utterance
-from pipelines.plan import extend_plan, shards_of
-from pipelines.tars import read_members, tar_bytes
 from tests.conftest import tone
 
 
@@ -56,7 +56,7 @@ def test_tar_bytes_are_reproducible(tmp_path):
     assert one == two
     path = tmp_path / "x.tar"
     path.write_bytes(one)
-    assert read_members(path) == members
+    assert list(iter_members(path)) == members
 
 
 def test_jpeg_sequence_decodes_only_requested_frames():

@@ -25,7 +25,7 @@ from features import rgb as rgb_codec
 from features.codecs import encode_npy
 from features.fields import ERROR_EXT
 from features.landmarks import CHIN, LIPS
-from pipelines.tars import tar_bytes
+from catalog.tars import tar_bytes
 
 from training.combos import COMBOS, combo_fields, parse_combo
 from training.data import (ShardBuffer, StoreError, load_splits, load_utterances, prepare_landmarks,

@@ -1,6 +1,6 @@
 """One utterance's fields on a shared time axis, so a person can see whether they line up.
 
-    python -m features.preview --store STORE --utt spk00/u00 --out preview.png
+    python -m catalog.preview --store STORE --utt spk00/u00 --out preview.png
 
 Rows (each drawn when the field is in the store): face crops with landmarks and the parsing map
 overlaid; the 3DMM reconstruction in the frame; mouth ROIs; then mel, HuBERT (heat map), filterbank,
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from catalog.layout import models_dir
-from catalog.lookup import find_utterance, read_members
+from catalog.lookup import find_utterance, read_members, read_sample
 from features.fields import ERROR_EXT, FIELDS
 from features.landmarks import LIPS, mouth_opening
 from features.timebase import FPS
@@ -42,15 +42,7 @@ def _stored(store: Path, row: dict) -> dict:
 
 
 def _identity(store: Path, row: dict) -> bytes | None:
-    import tarfile
-
-    from catalog.layout import tar_path
-
-    with tarfile.open(tar_path(store, row["dataset"], "tdmm", row["shard_id"])) as tar:
-        for member in tar:
-            if member.name == f"{row['key']}.tdmm_id.npy":
-                return tar.extractfile(member).read()
-    return None
+    return read_sample(store, row, "tdmm").get("tdmm_id.npy")
 
 
 def render_preview(store: Path, utt_id: str, out: Path, n_thumbs: int = 8) -> Path:
@@ -126,7 +118,7 @@ def render_preview(store: Path, utt_id: str, out: Path, n_thumbs: int = 8) -> Pa
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m features.preview", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m catalog.preview", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--store", required=True, type=Path, help="feature store")
     p.add_argument("--utt", required=True, help="utterance id, e.g. spk00/u00")

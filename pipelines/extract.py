@@ -5,6 +5,10 @@
 
 Without a cluster address (and no RAY_ADDRESS, which `ray job submit` sets) it starts a local Ray.
 Re-running skips complete (shard, field) pairs; --overwrite redoes them.
+
+Exit codes: 0 every shard ran (utterances that failed are error rows); 1 some shard failed after
+--max-retries attempts (its utterances are error rows naming the cause; re-run to retry it);
+2 bad arguments or no videos.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from features.fields import DEFAULT_FIELDS, FIELDS, Options, resolve  # noqa: E4
 from features.hubert import DEFAULT_MODEL, MANDARIN_MODEL  # noqa: E402
 from features.timebase import FPS, WINDOW  # noqa: E402
 from pipelines.adapters import ADAPTERS, LANGUAGES, list_utterances  # noqa: E402
+from pipelines.shard_failures import FAULT_ENV  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,7 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val", type=float, default=0.1, help="share of speakers in the val split")
     p.add_argument("--test", type=float, default=0.1, help="share of speakers in the test split")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the speaker-disjoint split")
-    p.add_argument("--max-retries", type=int, default=3, help="Ray retries of a shard whose worker died")
+    p.add_argument("--max-retries", type=int, default=3,
+                   help="retries of a shard whose worker died, was killed for memory or lost its node "
+                        "(every cause counts; then the shard's rows are errors naming the cause)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="lrs2/lrs3: cut pretrain clips longer than this at word boundaries into "
                         "<utt_id>_segNN utterances (unset: keep whole clips)")
@@ -65,38 +72,63 @@ def init_ray(address: str | None, workers: int | None):
     if address:  # a cluster (or `ray job submit`, whose working dir carries the code)
         ray.init(address=address, log_to_driver=True)
     else:  # a private local Ray: never attach to someone else's cluster on a shared host
+        env = {"PYTHONPATH": str(REPO), **{k: v for k, v in os.environ.items() if k == FAULT_ENV}}
         ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, log_to_driver=True)
+                 runtime_env={"env_vars": env}, log_to_driver=True)
     return ray
+
+
+def shard_task(dataset: str, shard_id: int, *args):
+    """The Ray task body: one shard (a test may ask it to die first, see shard_failures)."""
+    from pipelines.shard_failures import inject_fault
+    from pipelines.worker import extract_shard
+
+    inject_fault(dataset, shard_id)
+    return extract_shard(args[0], dataset, shard_id, *args[1:])
 
 
 def run_shards(ray, store: Path, dataset: str, plan: list[dict], fields: list[str], overwrite: bool,
                workers: int | None, max_retries: int, options: Options, gpu: bool = False
-               ) -> tuple[int, list[str]]:
-    """Run one task per shard with at most `workers` in flight; returns frames and failures."""
+               ) -> tuple[int, dict[int, str]]:
+    """Run one task per shard with at most `workers` in flight; returns frames and the causes of
+    the shards that failed for good.
+
+    Retries are the driver's, bounded for every cause (see pipelines/shard_failures.py); a shard
+    that fails `max_retries + 1` times becomes error rows naming the cause.
+    """
     from tqdm import tqdm
 
-    from pipelines.worker import extract_shard
+    from pipelines.shard_failures import classify, clear_failed_shard, write_failed_shard
 
-    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=max_retries)(extract_shard)
+    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0, retry_exceptions=False)(shard_task)
     limit = workers or max(1, int(ray.available_resources().get("CPU", 1)))
-    pending = list(shards_of(plan).items())
-    in_flight, frames, failures = {}, 0, []
+    shards = shards_of(plan)
+    for shard_id in shards:
+        clear_failed_shard(store, dataset, shard_id, fields)  # failed last time: try again
+    pending = [(shard_id, 0) for shard_id in shards]
+    in_flight, frames, failures = {}, 0, {}
     bar = tqdm(total=len(pending), desc=f"{dataset} {'+'.join(f for f in fields if f != 'meta')}",
                unit="shard")
     started = time.perf_counter()
     while pending or in_flight:
         while pending and len(in_flight) < limit:
-            shard_id, rows = pending.pop(0)
-            ref = task.remote(str(store), dataset, shard_id, rows, fields, overwrite, options)
-            in_flight[ref] = shard_id
+            shard_id, attempt = pending.pop(0)
+            ref = task.remote(dataset, shard_id, str(store), shards[shard_id], fields, overwrite, options)
+            in_flight[ref] = (shard_id, attempt)
         done, _ = ray.wait(list(in_flight), num_returns=1)
-        shard_id = in_flight.pop(done[0])
+        shard_id, attempt = in_flight.pop(done[0])
         try:
-            result = ray.get(done[0])
-            frames += result["frames"]
-        except Exception as exc:  # the task failed after its retries: the shard stays incomplete
-            failures.append(f"shard {shard_id}: {type(exc).__name__}: {exc}")
+            frames += ray.get(done[0])["frames"]
+        except Exception as exc:
+            retry, cause = classify(exc)
+            if retry and attempt < max_retries:
+                print(f"shard {dataset}-{shard_id:06d} attempt {attempt + 1} failed: {cause}; "
+                      f"retrying ({max_retries - attempt} left)", file=sys.stderr)
+                pending.append((shard_id, attempt + 1))
+                continue
+            cause = f"shard failed after {attempt + 1} attempt(s): {cause}"
+            write_failed_shard(store, dataset, shard_id, shards[shard_id], fields, cause)
+            failures[shard_id] = cause
         bar.update(1)
         bar.set_postfix(fps=f"{frames / max(time.perf_counter() - started, 1e-9):.1f}")
     bar.close()
@@ -104,10 +136,11 @@ def run_shards(ray, store: Path, dataset: str, plan: list[dict], fields: list[st
 
 
 def extract_fields(ray, store: Path, args: argparse.Namespace, plan: list[dict], fields: list[str]
-                   ) -> tuple[int, list[str]]:
+                   ) -> tuple[int, dict[int, str]]:
     """Run the fields in dependency order: the per-shard fields first; then, once the corpus's
     landmarks are stored, fit the morphable model and extract tdmm; then the GPU fields in
-    GPU tasks when the cluster has GPUs (else they ran with the rest on CPUs)."""
+    GPU tasks when the cluster has GPUs (else they ran with the rest on CPUs). A shard that
+    failed for good in one phase is left out of the later ones."""
     from pipelines.models import ensure_tdmm_model
 
     options = Options(hubert_model=hubert_model(args), hubert_layer=args.hubert_layer)
@@ -116,13 +149,13 @@ def extract_fields(ray, store: Path, args: argparse.Namespace, plan: list[dict],
     first = [f for f in fields if f != "tdmm" and f not in on_gpu]
     run = dict(overwrite=args.overwrite, workers=args.workers, max_retries=args.max_retries)
     frames, failures = run_shards(ray, store, args.dataset, plan, first, options=options, **run)
-    if "tdmm" in fields and not failures:
-        options.tdmm_model = ensure_tdmm_model(store, args.dataset, plan, refit=args.overwrite)
-        f2, fail2 = run_shards(ray, store, args.dataset, plan, ["tdmm"], options=options, **run)
-        frames, failures = frames + f2, failures + fail2
-    if on_gpu and not failures:
-        f3, fail3 = run_shards(ray, store, args.dataset, plan, on_gpu, options=options, gpu=True, **run)
-        frames, failures = frames + f3, failures + fail3
+    later = [(["tdmm"] if "tdmm" in fields else [], False), (on_gpu, True)]
+    for phase, gpu in ((f, g) for f, g in later if f):
+        rest = [r for r in plan if r["shard_id"] not in failures]
+        if phase == ["tdmm"]:
+            options.tdmm_model = ensure_tdmm_model(store, args.dataset, rest, refit=args.overwrite)
+        more, failed = run_shards(ray, store, args.dataset, rest, phase, options=options, gpu=gpu, **run)
+        frames, failures = frames + more, {**failures, **failed}
     return frames, failures
 
 
@@ -166,21 +199,29 @@ def main(argv=None) -> int:
     frames, failures = extract_fields(ray, store, args, dataset_plan, fields)
     seconds = time.perf_counter() - started
     tables = build_catalog(store, plan, store_fields, val=args.val, test=args.test, seed=args.split_seed)
-    utts = tables["utterances"].to_pylist()
-    mine = [u for u in utts if u["dataset"] == args.dataset]
-    report = {"dataset": args.dataset, "utterances": len(mine),
-              "ok": sum(u["status"] == "ok" for u in mine),
-              "errors": sum(u["status"] == "error" for u in mine),
-              "frames_extracted": frames, "seconds": round(seconds, 2),
-              "frames_per_second": round(frames / seconds, 2) if frames else 0.0,
-              "failed_shards": failures}
-    (store / "extract_report.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report))
+    return report(store, args.dataset, tables, frames, seconds, failures)
+
+
+def report(store: Path, dataset: str, tables: dict, frames: int, seconds: float,
+           failures: dict[int, str]) -> int:
+    """Print and save the run's figures and every error row; the exit code (see EXIT_CODES)."""
+    mine = [u for u in tables["utterances"].to_pylist() if u["dataset"] == dataset]
+    figures = {"dataset": dataset, "utterances": len(mine),
+               "ok": sum(u["status"] == "ok" for u in mine),
+               "errors": sum(u["status"] == "error" for u in mine),
+               "frames_extracted": frames, "seconds": round(seconds, 2),
+               "frames_per_second": round(frames / seconds, 2) if frames else 0.0,
+               "failed_shards": [f"{dataset}-{i:06d}: {c}" for i, c in sorted(failures.items())]}
+    (store / "extract_report.json").write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures))
     for err in tables["errors"].to_pylist():
-        if err["dataset"] == args.dataset:
+        if err["dataset"] == dataset:
             print(f"  error {err['utt_id']} [{err['field']}/{err['stage']}]: {err['reason']}")
     if failures:
-        print("shards that failed after retries (re-run to resume):", *failures, sep="\n  ", file=sys.stderr)
+        n_rows = sum(u["shard_id"] in failures for u in mine)
+        print(f"{len(failures)} shard(s) failed after their retries; their {n_rows} utterances are error rows "
+              f"(stage 'worker') naming the cause. Re-run the same command to try them again:",
+              *figures["failed_shards"], sep="\n  ", file=sys.stderr)
         return 1
     return 0
 

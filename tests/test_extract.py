@@ -108,3 +108,67 @@ def test_killed_run_resumes_to_identical_store(corpus, store, tmp_path):
         assert pq.read_table(table_path(resumed, name)).equals(pq.read_table(table_path(store, name))), name
     assert tars(resumed) == tars(store)
     assert not list(resumed.glob("shards/**/.*.tmp-*")), "stale temporaries are cleaned up"
+
+
+def test_hubert_without_a_reachable_hub_fails_at_once_with_the_fix(monkeypatch, tmp_path):
+    """No hub here (or HF_HUB_OFFLINE): one quick probe, no retries, the message names the flag.
+    (Before: about 23 s of the hub client's retries per worker.)"""
+    from features import hubert
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: nothing to fall back on
+    for offline in ("", "1"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+        hubert.load_model.cache_clear()
+        hubert.hub_reachable.cache_clear()
+        hubert._FAILED.clear()
+        if not offline and hubert.hub_reachable():
+            continue  # a machine with the hub: nothing to show here
+        started = time.perf_counter()
+        with pytest.raises(hubert.HubertLoadError, match="--hubert-model DIR") as info:
+            hubert.load_model("facebook/hubert-large-ls960-ft", "cpu")
+        assert "not reachable" in str(info.value)
+        with pytest.raises(hubert.HubertLoadError):  # a second call in the worker: no new attempt
+            hubert.load_model("facebook/hubert-large-ls960-ft", "cpu")
+        assert time.perf_counter() - started < 10, "fails at once, not after the hub client's retries"
+    hubert.load_model.cache_clear()
+    hubert._FAILED.clear()
+    with pytest.raises(hubert.HubertLoadError, match="not a directory"):
+        hubert.load_model(str(tmp_path / "no_such_model"), "cpu")
+
+
+def test_a_shard_whose_worker_always_dies_ends_as_error_rows_and_the_job_exits(corpus, tmp_path):
+    """Shard 3's worker dies on every attempt (os._exit, as after an OOM kill): the job makes
+    1 + --max-retries attempts, ends with exit code 1 and a summary, and the shard's utterances
+    are error rows naming the cause; the store verifies, and a plain re-run retries the shard."""
+    from catalog.verify import verify
+
+    store = tmp_path / "store"
+    cmd = [sys.executable, str(REPO / "pipelines" / "extract.py"), "--dataset", "folder", "--root", str(corpus),
+           "--store", str(store), "--workers", "2", "--shard-size", "2", "--fields", "audio", "meta",
+           "--max-retries", "1"]
+    env = {**os.environ, "RAY_ADDRESS": "", "UNISYNC_FAULT_SHARDS": "folder-3"}
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "attempt 1 failed" in proc.stderr and "1 shard(s) failed after their retries" in proc.stderr
+    utts = pq.read_table(table_path(store, "utterances")).to_pylist()
+    failed = [u for u in utts if u["shard_id"] == 3]
+    assert len(failed) == 2 and not any(u["utt_id"].startswith("bad/") for u in failed)
+    assert all(u["status"] == "error" for u in failed)
+    errors = [e for e in pq.read_table(table_path(store, "errors")).to_pylist() if e["shard_id"] == 3]
+    assert {(e["utt_id"], e["field"]) for e in errors} == {(u["utt_id"], f) for u in failed for f in ("audio", "meta")}
+    for e in errors:
+        assert e["stage"] == "worker" and "after 2 attempt(s)" in e["reason"] and "died" in e["reason"], e
+    assert all(u["status"] == "ok" for u in utts if u["shard_id"] != 3 and not u["utt_id"].startswith("bad/"))
+    report = json.loads((store / "extract_report.json").read_text())
+    assert len(report["failed_shards"]) == 1 and report["failed_shards"][0].startswith("folder-000003")
+    assert verify(store)["ok"], "placeholder rows keep every field series aligned"
+    print(f"failing job ended in {time.perf_counter() - started:.1f} s")
+
+    env.pop("UNISYNC_FAULT_SHARDS")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    utts = pq.read_table(table_path(store, "utterances")).to_pylist()
+    assert all(u["status"] == "ok" for u in utts if u["shard_id"] == 3)
+    assert verify(store)["ok"]
+    assert json.loads((store / "extract_report.json").read_text())["frames_extracted"] > 0

@@ -67,14 +67,42 @@ def jpeg_sequence_length(data: bytes) -> int:
     return _U32.unpack_from(data, 0)[0]
 
 
-def decode_jpeg_sequence(data: bytes, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Frames [start, stop) as (k, H, W, 3) uint8 RGB; only those JPEGs are decoded."""
-    import cv2
-
+def jpeg_sequence_frames(data: bytes, start: int = 0, stop: int | None = None) -> list[memoryview]:
+    """The JPEG bytes of frames [start, stop) as zero-copy views (nothing decoded)."""
     count = _U32.unpack_from(data, 0)[0]
-    lengths = np.frombuffer(data, dtype="<u4", count=count, offset=4).astype(np.int64)
-    offsets = 4 + 4 * count + np.concatenate([[0], np.cumsum(lengths)])
     stop = count if stop is None else min(stop, count)
-    frames = [cv2.imdecode(np.frombuffer(data, np.uint8, int(lengths[i]), int(offsets[i])),
-                           cv2.IMREAD_COLOR)[..., ::-1] for i in range(start, stop)]
-    return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
+    lengths = np.frombuffer(data, dtype="<u4", count=count, offset=4)
+    offset = 4 + 4 * count + int(lengths[:start].sum(dtype=np.int64))
+    view, out = memoryview(data), []
+    for n in lengths[start:stop].tolist():
+        out.append(view[offset:offset + n])
+        offset += n
+    return out
+
+
+def decode_jpeg_sequence(data: bytes, start: int = 0, stop: int | None = None,
+                         scale: int = 1, gray: bool = False) -> np.ndarray:
+    """Frames [start, stop) as (k, H, W, 3) uint8 RGB ((k, H, W) with `gray`); only those JPEGs
+    are decoded.
+
+    libjpeg-turbo through simplejpeg: the same decoder and IDCT as OpenCV's imdecode (identical
+    pixels at scale 1) with no BGR round trip, and `scale` in (1, 2, 4, 8) decodes at 1/scale
+    of the size in the DCT domain (libjpeg's scaled IDCT), several times cheaper than decoding
+    the full frame and averaging it down afterwards. A gray sequence (lip) decodes its luma only.
+    """
+    import simplejpeg
+
+    if scale not in (1, 2, 4, 8):
+        raise ValueError(f"JPEG DCT-domain scale must be 1, 2, 4 or 8, not {scale}")
+    jpegs = jpeg_sequence_frames(data, start, stop)
+    if not jpegs:
+        return np.zeros((0, 0, 0) if gray else (0, 0, 0, 3), np.uint8)
+    colorspace = "GRAY" if gray else "RGB"
+    if scale == 1:
+        frames = [simplejpeg.decode_jpeg(j, colorspace=colorspace) for j in jpegs]
+    else:
+        h, w = simplejpeg.decode_jpeg_header(jpegs[0])[:2]
+        size = {"min_height": -(-h // scale), "min_width": -(-w // scale), "min_factor": scale}
+        frames = [simplejpeg.decode_jpeg(j, colorspace=colorspace, **size) for j in jpegs]
+    out = np.stack(frames)
+    return out[..., 0] if gray else out

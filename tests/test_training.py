@@ -407,6 +407,9 @@ def test_optimizer_is_papers_adam_with_coupled_l2():
 # ---------------------------------------------------------------------------------------------
 SHAPES = {"landmarks": (5, 1434), "rgb": (15, 48, 96), "parsing": (5, 48, 96), "tdmm": (5, 71),
           "mel": (1, 80, 16), "hubert": (10, 1024)}
+RAW_SHAPES = {"rgb": (5, 48, 96, 3)}
+RAW_DTYPES = {"rgb": torch.uint8, "parsing": torch.uint8, "landmarks": torch.float16,
+              "tdmm": torch.float32, "mel": torch.float16, "hubert": torch.float16}
 
 
 @pytest.mark.parametrize("combo", COMBOS)
@@ -414,7 +417,11 @@ def test_model_shapes_and_probability_range(store, combo):
     audio, visual = parse_combo(combo)
     utts = load_utterances(store, [audio, visual], ["val"])
     pairs = PairSampler(utts, seed=0).sample(8)
-    batch = make_batch(pairs, utts, utts, audio, visual)
+    raw = make_batch(pairs, utts, utts, audio, visual)
+    # the loader's windows stay as stored (uint8 pixels / ids, float16 features) ...
+    assert tuple(raw.visual.shape) == (8, *RAW_SHAPES.get(visual, SHAPES[visual]))
+    assert raw.visual.dtype == RAW_DTYPES[visual] and raw.audio.dtype == RAW_DTYPES[audio]
+    batch = raw.to("cpu")  # ... and become model inputs on the device
     assert tuple(batch.visual.shape) == (8, *SHAPES[visual])
     assert tuple(batch.audio.shape) == (8, *SHAPES[audio])
     assert batch.visual.dtype == (torch.uint8 if visual == "parsing" else torch.float32)

@@ -33,6 +33,7 @@ import time
 import numpy as np
 
 from training.combos import AUDIO, COMBOS, DEFAULT_MARGINS, VISUAL, combo_fields, parse_combo
+from training.config import TrainConfig
 from training.data import StoreError, read_catalog, select_rows
 
 RATIOS = (0.0, 0.2, 0.5)
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="test", choices=("test", "val"), help="split the tables report")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per run (0: default)")
     p.add_argument("--fit-arg", action="append", default=[],
-                   help="extra fit.py argument, repeatable (e.g. --fit-arg=--depth=0)")
+                   help="extra fit.py setting NAME=VALUE, repeatable (e.g. --fit-arg depth=0)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     return p
 
@@ -129,23 +130,27 @@ def run_dir(out: Path, run: dict) -> Path:
     return out / run["combo"] / f"ratio{run['ratio']:g}_margins{same:g}-{cross:g}_seed{run['seed']}"
 
 
-def fit_argv(args: argparse.Namespace, run: dict, directory: Path) -> list[str]:
-    argv = ["--combo", run["combo"], "--store", str(args.store), "--out", str(directory),
-            "--steps", str(args.steps), "--max-minutes", str(args.minutes), "--width", str(args.width),
-            "--lr", str(args.lr), "--batch-size", str(args.batch_size), "--seed", str(run["seed"]),
-            "--cross-speaker-ratio", str(run["ratio"]),
-            "--margins", ",".join(str(m) for m in run["margins"]),
-            "--eval-every", str(args.eval_every), "--eval-pairs", str(args.eval_pairs),
-            "--no-progress", "--threads", str(args.threads)]
-    if not args.offsets:
-        argv += ["--offset-windows", "0"]
-    for extra in args.fit_arg:
-        argv += extra.split("=", 1) if extra.startswith("--") and "=" in extra else [extra]
-    return argv
+def fit_config(args: argparse.Namespace, run: dict, directory: Path) -> TrainConfig:
+    """The fit.py settings of one run of the grid."""
+    cfg = TrainConfig(combo=run["combo"], store=str(args.store), out=str(directory), steps=args.steps,
+                      max_minutes=args.minutes, width=args.width, lr=args.lr, batch_size=args.batch_size,
+                      seed=run["seed"], cross_speaker_ratio=run["ratio"],
+                      margins=",".join(str(m) for m in run["margins"]), eval_every=args.eval_every,
+                      eval_pairs=args.eval_pairs, no_progress=True, threads=args.threads,
+                      offset_windows=200 if args.offsets else 0)
+    for extra in args.fit_arg:  # --fit-arg depth=0 (or --fit-arg=--depth=0)
+        name, _, value = extra.lstrip("-").partition("=")
+        name = name.replace("-", "_")
+        if not hasattr(cfg, name):
+            raise SystemExit(f"ablate.py: --fit-arg {extra!r}: fit.py has no setting {name!r}")
+        default = getattr(cfg, name)
+        kind = type(default) if default is not None else (float if name == "depth" else str)
+        setattr(cfg, name, value.lower() in ("1", "true", "yes") if kind is bool else kind(value))
+    return cfg
 
 
 def execute(args: argparse.Namespace, runs: list[dict]) -> list[dict]:
-    from training.fit import parse_args, train
+    from training.fit import train
 
     out = Path(args.out)
     for i, run in enumerate(runs, 1):
@@ -157,7 +162,7 @@ def execute(args: argparse.Namespace, runs: list[dict]) -> list[dict]:
             started = time.perf_counter()
             print(f"[{i}/{len(runs)}] {run['combo']} ratio {run['ratio']:g} margins "
                   f"{run['margins']} seed {run['seed']}", file=sys.stderr, flush=True)
-            final, reused = train(parse_args(fit_argv(args, run, directory))), False
+            final, reused = train(fit_config(args, run, directory)), False
             run["wall_s"] = round(time.perf_counter() - started, 1)
         run.update({"dir": str(directory), "reused": reused, "steps": final["steps"],
                     "val": final["val"]["balanced_accuracy"], "test": final["test"]["balanced_accuracy"]})

@@ -198,98 +198,59 @@ def _length(name: str, value: Any) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# reading tars
+# reading shards (through the store's one reader, catalog.tars.iter_shard)
 # ---------------------------------------------------------------------------------------------
-class CountingFile:
-    """A read-only file whose bytes read are added to `counter[name]` (the loader benchmark)."""
-
-    def __init__(self, path: Path, counter: Counter, name: str):
-        self.f, self.counter, self.name = open(path, "rb"), counter, name
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.counter[self.name] += len(data)
-        return data
-
-    def close(self) -> None:
-        self.f.close()
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self.f, attr)
+Shard = tuple[str, int]  # (dataset, shard_id)
 
 
-def _field_samples(url: Path, name: str, counter: Counter | None) -> Iterator[dict]:
-    """WebDataset samples (members grouped by key) of one tar, read front to back once."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
-    stream = CountingFile(url, counter, name) if counter is not None else open(url, "rb")
-    try:
-        yield from group_by_keys(tar_file_expander([{"url": str(url), "stream": stream}]))
-    finally:
-        stream.close()
-
-
-def shard_plan(all_rows: list[dict]) -> dict[tuple[str, int], list[str]]:
-    """(dataset, shard_id) -> member keys in the order the catalog plans them."""
-    plan: dict[tuple[str, int], list[dict]] = defaultdict(list)
+def shard_plan(all_rows: list[dict]) -> dict[Shard, list[str]]:
+    """(dataset, shard_id) -> member keys in the order the catalog plans them (one pass, once)."""
+    plan: dict[Shard, list[tuple[int, str]]] = defaultdict(list)
     for r in all_rows:
-        plan[(r["dataset"], r["shard_id"])].append(r)
-    return {s: [r["key"] for r in sorted(rs, key=lambda r: r["index_in_shard"])] for s, rs in plan.items()}
+        plan[(r["dataset"], int(r["shard_id"]))].append((int(r["index_in_shard"]), r["key"]))
+    return {s: [k for _, k in sorted(v)] for s, v in plan.items()}
 
 
-def shards_of(rows: list[dict]) -> list[tuple[str, int]]:
+def rows_by_shard(rows: Iterable[dict]) -> dict[Shard, list[dict]]:
+    """`rows` grouped by (dataset, shard_id), in the order given (one pass)."""
+    out: dict[Shard, list[dict]] = defaultdict(list)
+    for r in rows:
+        out[(r["dataset"], int(r["shard_id"]))].append(r)
+    return dict(out)
+
+
+def shards_of(rows: list[dict]) -> list[Shard]:
     """The sorted (dataset, shard_id) list holding `rows`."""
     return sorted({(r["dataset"], int(r["shard_id"])) for r in rows})
 
 
-def stream_utterances(store: Path | str, fields: list[str], rows: list[dict],
-                      all_rows: list[dict] | None = None, landmarks_center: bool = True,
-                      shards: list[tuple[str, int]] | None = None,
-                      bytes_read: Counter | None = None) -> Iterator[Utterance]:
-    """Utterances of `rows`, shard by shard, reading only the tars of `fields`.
+def read_shard(store: Path | str, fields: list[str], shard: Shard, keys: list[str],
+               wanted: dict[str, dict], landmarks_center: bool = True,
+               bytes_read: Counter | None = None) -> Iterator[Utterance]:
+    """The utterances of `wanted` (key -> catalog row) in one shard, reading only `fields`.
 
-    `all_rows` (the whole catalog; read from the store when omitted) gives each shard's full
-    member order, so the keys read from every field tar are checked against the plan; members of
-    utterances that are not wanted, placeholders (`<key>.error.json`) included, are skipped.
-    `shards` restricts (and orders) the shards read; `bytes_read` counts tar bytes per field.
+    The field tars are read in lockstep by `catalog.tars.iter_shard`, which checks their keys
+    against each other and the plan's order `keys`; members of utterances not wanted
+    (placeholders `<key>.error.json` included) are skipped undecoded.
     """
-    store = Path(store)
-    wanted = {(r["dataset"], r["key"]): r for r in rows}
-    plan = shard_plan(all_rows if all_rows is not None else read_catalog(store))
-    for dataset, shard_id in (shards if shards is not None else shards_of(rows)):
-        order = plan.get((dataset, shard_id), [])
-        urls = [tar_path(store, dataset, name, shard_id) for name in fields]
-        for name, url in zip(fields, urls):
-            if not url.exists():
-                raise StoreError(f"store {store} lacks the {name!r} tar of shard {shard_id} of "
-                                 f"{dataset!r}: {url}")
-        series = [_field_samples(url, name, bytes_read) for name, url in zip(fields, urls)]
-        position = 0
-        while True:
-            samples = [next(it, None) for it in series]
-            if all(s is None for s in samples):
-                break
-            keys = [s["__key__"] if s is not None else None for s in samples]
-            expected = order[position] if position < len(order) else None
-            if any(k != expected for k in keys):
-                raise StoreError(
-                    f"field tars of {dataset} shard {shard_id} are misaligned at member {position}: "
-                    + ", ".join(f"{n}={k!r}" for n, k in zip(fields, keys))
-                    + f" (catalog plan: {expected!r})")
-            position += 1
-            row = wanted.get((dataset, expected))
+    from catalog.tars import ShardMismatchError, iter_shard
+
+    dataset, shard_id = shard
+    try:
+        for sample in iter_shard(store, dataset, shard_id, fields, keys=keys, counter=bytes_read):
+            row = wanted.get(sample["__key__"])
             if row is None:
                 continue
             utt = Utterance(row["utt_id"], row["key"], dataset, row["speaker_id"], row["split"],
-                            int(row["n_frames"]), shard=(dataset, shard_id))
-            for name, sample in zip(fields, samples):
-                ext = ext_of(name)
-                if ext not in sample or ERROR_EXT in sample:
-                    got = [k for k in sample if not k.startswith("__")]
-                    what = "a failure placeholder" if ERROR_EXT in got else f"members {got}"
+                            int(row["n_frames"]), shard=shard)
+            for name in fields:
+                ext, members = ext_of(name), sample[name]
+                if ext not in members or ERROR_EXT in members:
+                    what = ("a failure placeholder" if ERROR_EXT in members
+                            else f"members {sorted(members)}")
                     raise StoreError(f"{row['utt_id']}: catalog says field {name!r} is 'ok' but its "
-                                     f"tar {tar_path(store, dataset, name, shard_id)} holds {what}")
-                value = decode_member(name, ext, sample[ext])
+                                     f"tar {tar_path(Path(store), dataset, name, shard_id)} holds {what}")
+                value = decode_member(name, ext, members[ext])
                 utt.data[name] = value
                 norm = norm_of(name, value, landmarks_center)
                 if norm is not None:
@@ -297,11 +258,38 @@ def stream_utterances(store: Path | str, fields: list[str], rows: list[dict],
                 utt.n_frames = frames_covered(name, _length(name, value), utt.n_frames)
             if utt.n_windows > 0:
                 yield utt
-        for it in series:
-            it.close()
-        if position != len(order):
-            raise StoreError(f"field tars of {dataset} shard {shard_id} hold {position} members, "
-                             f"the catalog plans {len(order)}")
+    except FileNotFoundError as exc:
+        raise StoreError(f"store {store} lacks a field tar of shard {shard_id} of {dataset!r} "
+                         f"(fields {fields}): {exc}") from None
+    except ShardMismatchError as exc:
+        raise StoreError(f"field tars of {dataset} shard {shard_id} are misaligned: {exc}") from None
+
+
+def stream_utterances(store: Path | str, fields: list[str], rows: list[dict],
+                      all_rows: list[dict] | dict[Shard, list[str]] | None = None,
+                      landmarks_center: bool = True, shards: list[Shard] | None = None,
+                      bytes_read: Counter | None = None) -> Iterator[Utterance]:
+    """Utterances of `rows`, shard by shard, reading only the tars of `fields`.
+
+    `all_rows` (the whole catalog, or its `shard_plan`; read from the store when omitted) gives
+    each shard's full member order, so the keys of every field tar are checked against the plan.
+    `shards` restricts (and orders) the shards read; `bytes_read` counts tar bytes per field.
+    Linear: the plan and the rows are grouped once, whatever the number of shards.
+    """
+    store = Path(store)
+    plan = plan_of(store, all_rows)
+    by_shard = rows_by_shard(rows)
+    for shard in (shards if shards is not None else shards_of(rows)):
+        wanted = {r["key"]: r for r in by_shard.get(shard, [])}
+        yield from read_shard(store, fields, shard, plan.get(shard, []), wanted, landmarks_center,
+                              bytes_read)
+
+
+def plan_of(store: Path | str, all_rows: list[dict] | dict[Shard, list[str]] | None) -> dict[Shard, list[str]]:
+    """The shard plan from catalog rows, a plan already built, or the store's catalog."""
+    if isinstance(all_rows, dict):
+        return all_rows
+    return shard_plan(all_rows if all_rows is not None else read_catalog(store))
 
 
 def load_utterances(store: Path | str, fields: list[str], splits: Iterable[str],
@@ -349,32 +337,31 @@ def rank_shards(shards: list[tuple[str, int]], rank: int, world: int) -> list[tu
 
 
 class ShardBuffer:
-    """A rank's training utterances: all of its shards, or a rolling buffer of `size` of them.
+    """A stream's training utterances: all of its shards, or a rolling buffer of `size` of them.
 
-    With `size` 0 (or >= the rank's shard count) everything is loaded once. Otherwise the buffer
-    starts with the first `size` shards of a seeded permutation of the rank's list; `advance()`
-    drops the oldest and loads the next shard of the permutation, and a new permutation starts
-    when one is used up (resampled epochs). `state()` / `restore()` make this exact on resume.
+    With `size` 0 (or >= the shard count) everything is loaded once. Otherwise the buffer starts
+    with the first `size` shards of a seeded permutation of the list; `advance()` drops the
+    oldest and loads the next shard of the permutation, and a new permutation starts when one is
+    used up (resampled epochs). `state()` / `restore()` make this exact on resume. The plan and
+    rows are grouped once, so start-up and every swap cost the shard's own rows, not the corpus.
     """
 
-    def __init__(self, store: Path | str, fields: list[str], rows: list[dict],
-                 all_rows: list[dict], shards: list[tuple[str, int]], size: int = 0,
-                 seed: int = 0, landmarks_center: bool = True):
+    def __init__(self, store: Path | str, fields: list[str], rows: list[dict] | dict[Shard, list[dict]],
+                 all_rows: list[dict] | dict[Shard, list[str]] | None, shards: list[Shard],
+                 size: int = 0, seed: int | list[int] = 0, landmarks_center: bool = True):
         self.store, self.fields, self.center = store, fields, landmarks_center
-        self.all_rows = all_rows
-        self.rows_by_shard: dict[tuple[str, int], list[dict]] = defaultdict(list)
-        for r in rows:
-            self.rows_by_shard[(r["dataset"], int(r["shard_id"]))].append(r)
+        self.plan = plan_of(store, all_rows)
+        self.rows_by_shard = rows if isinstance(rows, dict) else rows_by_shard(rows)
         self.shards = [s for s in shards if s in self.rows_by_shard]
         if not self.shards:
             raise StoreError(f"none of shards {shards} holds a usable utterance")
         self.streaming = 0 < size < len(self.shards)
         self.size = size if self.streaming else len(self.shards)
-        self.rng = np.random.default_rng([seed, 7919])
+        self.rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 7919])
         self.order: list[int] = []
         self.position = 0  # next index into `order`
-        self.passes = 0  # permutations started (epochs over the rank's shards)
-        self.loaded: list[tuple[tuple[str, int], list[Utterance]]] = []
+        self.passes = 0  # permutations started (epochs over the shards)
+        self.loaded: list[tuple[Shard, list[Utterance]]] = []
         if self.streaming:
             for _ in range(self.size):
                 self._push(self._next_shard())
@@ -385,9 +372,10 @@ class ShardBuffer:
         for shard in self.shards:
             self.loaded.append((shard, self._load(shard)))
 
-    def _load(self, shard: tuple[str, int]) -> list[Utterance]:
-        return list(stream_utterances(self.store, self.fields, self.rows_by_shard[shard],
-                                      self.all_rows, self.center, shards=[shard]))
+    def _load(self, shard: Shard) -> list[Utterance]:
+        wanted = {r["key"]: r for r in self.rows_by_shard[shard]}
+        return list(read_shard(self.store, self.fields, shard, self.plan.get(shard, []), wanted,
+                               self.center))
 
     def _next_shard(self) -> tuple[str, int]:
         if self.position >= len(self.order):
@@ -436,3 +424,35 @@ class ShardBuffer:
             self.loaded = []
             for s in state["buffered"]:
                 self.loaded.append(((s[0], int(s[1])), self._load((s[0], int(s[1])))))
+
+
+def foreign_audio_shards(by_shard: dict[Shard, list[dict]], all_shards: list[Shard],
+                         own: list[Shard], streaming: bool) -> dict[Shard, list[dict]]:
+    """Rows whose audio a stream borrows for cross-speaker negatives, by shard (catalog only).
+
+    Cross-speaker negatives need a second speaker; a stream whose shards are one speaker's
+    (corpora are often sharded by speaker) borrows the audio field only of the following train
+    shards until another speaker turns up. A streaming buffer may hold a single speaker at any
+    time: then the borrowed audio itself must hold two speakers. Linear in the shards walked.
+    """
+    mine = {r["speaker_id"] for s in own for r in by_shard.get(s, [])}
+    if not streaming and len(mine) >= 2:
+        return {}
+    start = all_shards.index(own[0]) if own[0] in all_shards else -1
+    have: set[str] = set()
+    out: dict[Shard, list[dict]] = {}
+
+    def enough() -> bool:
+        return len(have) >= 2 if streaming else bool(have - mine)
+
+    for shard in all_shards[start + 1:] + all_shards[:start + 1]:
+        if enough():
+            break
+        new = {r["speaker_id"] for r in by_shard.get(shard, [])} - (have if streaming else mine | have)
+        if new:
+            out[shard] = [r for r in by_shard[shard] if r["speaker_id"] in new]
+            have |= new
+    if not enough():
+        raise StoreError("the train split has a single speaker; cross-speaker negatives need two "
+                         "(or pass --cross-speaker-ratio 0)")
+    return out

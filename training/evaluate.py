@@ -36,8 +36,9 @@ import torch.nn.functional as F
 
 from training.combos import parse_combo
 from training.data import Utterance
+from training.runtime import autocast, load_checkpoint, pick_device
 from training.sampler import FAR_SHIFT, KINDS, Pair, PairSampler
-from training.windows import make_batch, stack_windows
+from training.windows import make_batch, model_windows
 
 EVAL_SEED = 1234  # a fixed set of pairs, whatever the training seed
 MAX_OFFSET = 15
@@ -96,15 +97,6 @@ def predict(model: torch.nn.Module, pairs: Sequence[Pair], utts: Sequence[Uttera
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def autocast(device: torch.device | str, enabled: bool = True):
-    """bf16 autocast on CUDA, nothing elsewhere (CPU runs stay float32)."""
-    device = torch.device(device)
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    import contextlib
-    return contextlib.nullcontext()
-
-
 def accuracy_report(p: np.ndarray, pairs: Sequence[Pair], threshold: float = 0.5) -> dict:
     """Balanced accuracy, plain accuracy, accuracy, balanced accuracy and mean p per kind."""
     labels = np.array([q.label for q in pairs])
@@ -148,8 +140,8 @@ def sync_matrix(model: torch.nn.Module, utt: Utterance, batch_size: int = 256,
     starts = [(0, t) for t in range(utt.n_windows)]
     for i in range(0, len(starts), batch_size):
         chunk = starts[i:i + batch_size]
-        v = _to(stack_windows([utt], visual, chunk), device)
-        a = _to(stack_windows([utt], audio, chunk), device)
+        v = model_windows([utt], visual, chunk, device)
+        a = model_windows([utt], audio, chunk, device)
         with autocast(device):
             v_emb.append(model.embed_visual(v).float())
             a_emb.append(model.embed_audio(a).float())
@@ -157,13 +149,6 @@ def sync_matrix(model: torch.nn.Module, utt: Utterance, batch_size: int = 256,
     v = F.normalize(torch.cat(v_emb), dim=1, eps=1e-8)
     a = F.normalize(torch.cat(a_emb), dim=1, eps=1e-8)
     return (v @ a.T).clamp(0.0, 1.0).cpu().numpy()
-
-
-def _to(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    x = x.to(device)
-    if x.device.type == "cpu" and x.dim() == 4 and x.is_floating_point():
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 def window_offsets(P: np.ndarray, max_offset: int = MAX_OFFSET) -> np.ndarray:
@@ -294,8 +279,6 @@ def format_report(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     from training.combos import combo_fields
     from training.data import StoreError, load_splits, read_catalog, select_rows
-    from training.fit import load_checkpoint, pick_device
-
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,108 +1,174 @@
 """Cut the 5-frame sync windows of a batch of pairs out of in-memory utterances, as model inputs.
 
-Every field is sliced on the shared timebase (`features.timebase.window_slice`), so the audio and
-visual windows of a positive pair cover exactly the same 0.2 s. Only the window's rows are
-converted (and, for rgb, decoded). Input shapes per representation:
+Every field is sliced on the shared timebase (`features.timebase.window_slice`) by one small
+function, `raw_window`, so the audio and visual windows of a positive pair cover exactly the same
+0.2 s. Windows leave the loader as stored (uint8 pixels and class ids, float16 features): four
+times fewer bytes to pin and copy than float32, and the conversion and normalisation run on the
+device (`Batch.to`, `normalise`). Shapes per representation:
 
-| field | window | model input |
+| field | raw window (loader) | model input (after Batch.to) |
 |---|---|---|
-| mel | (80, 16) | (1, 80, 16) float32 |
-| hubert | (10, 1024) | (10, 1024) float32 |
-| rgb | 5 x 96x96x3 JPEG frames | (15, 48, 96) lower half, frames stacked on channels, in [0, 1] |
-| parsing | (5, 96, 96) class ids | (5, 48, 96) uint8 lower half (the model embeds the ids) |
+| mel | (1, 80, 16) float16 | float32 as stored |
+| hubert | (10, D) float16 | float32 as stored |
+| rgb | (5, 48, 96, 3) uint8: lower halves of the 5 frames, as decoded | (15, 48, 96) float32 / 255, frames on channels |
+| lip | (5, 96, 96) uint8 grayscale mouth ROIs | float32 / 255 |
+| parsing | (5, 48, 96) uint8 class ids, lower half | uint8 (the model embeds the ids) |
+| landmarks | (5, 1434) float16 crop pixels | (x - offset) * scale (`data.norm_of`) |
+| tdmm | (5, 71) float32 | (x - offset) * scale (`data.norm_of`) |
 
-rgb and parsing windows can be cut at a lower resolution (`Utterance.image_scale`, fit.py
---image-scale 0.5: 24 x 48, area-averaged pixels / subsampled class ids): the adapters are
-convolutional and the pool that follows them is adaptive, so the same model takes them, about four
-times cheaper in its image adapter (a CPU setting; paper size is scale 1).
-| landmarks | (5, 478, 3) crop pixels | (5, 1434) float32, normalised (data.norm_of) |
-| tdmm | (5, 71) | (5, 71) float32, normalised (data.norm_of) |
+Only the window's JPEGs are decoded (libjpeg-turbo, `features.codecs`). rgb and parsing windows
+can be cut at a lower resolution (`Utterance.image_scale`, fit.py --image-scale 0.5: 24 x 48):
+rgb is then decoded at half size in the DCT domain, parsing class ids are subsampled; the
+adapters are convolutional and the pool after them adaptive, so the same model takes them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from features import rgb as rgb_codec
+from features.codecs import decode_jpeg_sequence
 from features.timebase import WINDOW, window_slice
 from training.data import Utterance, rate_of
 from training.sampler import KINDS, Pair
 
+IMAGE_FIELDS = ("rgb", "lip")  # JPEG sequences: uint8 pixels, / 255 on the device
 
-def window(utt: Utterance, name: str, t: int) -> np.ndarray:
-    """One field's window starting at video frame t, in the model's layout (see the table)."""
+
+def field_start(utt: Utterance, name: str, t: int) -> int:
+    """The frame at which field `name`'s window of video frame t starts (the sync hook: a
+    per-utterance audio offset correction would shift audio fields here)."""
+    return t
+
+
+def raw_window(utt: Utterance, name: str, t: int) -> np.ndarray:
+    """One field's window starting at video frame t, as stored, in the model's layout."""
+    t = field_start(utt, name, t)
     value = utt.data[name]
     if name == "rgb":
-        lower = _lower_frames(utt, value, t)  # (5, 48, 96, 3) uint8
-        x = lower.transpose(0, 3, 1, 2).reshape(-1, *lower.shape[1:3]).astype(np.float32)
-        return x * np.float32(1 / 255.0)
+        return _lower_frames(utt, value, t)  # (5, 48, 96, 3) uint8, frames put on channels later
+    if name == "lip":
+        return decode_jpeg_sequence(value, t, t + WINDOW, gray=True)  # (5, 96, 96)
     rows = window_slice(rate_of(name), t)
     if name == "mel":
-        return value[None, :, rows].astype(np.float32)  # (1, 80, 16)
+        return value[None, :, rows]  # (1, 80, 16)
     if name == "parsing":
         step = _step(utt.image_scale)  # class ids are subsampled (nearest), never averaged
-        return np.ascontiguousarray(value[rows, value.shape[1] // 2::step, ::step])  # (5, 48, 96) ids
-    x = value[rows].astype(np.float32)
+        return np.ascontiguousarray(value[rows, value.shape[1] // 2::step, ::step])  # (5, 48, 96)
+    x = value[rows]
+    return x.reshape(WINDOW, -1) if name == "landmarks" else x  # (5, 1434), hubert (10, D), tdmm
+
+
+def window_offset(utt: Utterance, name: str) -> np.ndarray | None:
+    """The per-utterance offset subtracted on the device (landmarks / tdmm), flattened per row."""
     norm = utt.norm.get(name)
-    if norm is not None:
-        offset, scale = norm
-        x = (x - offset) * scale
-    if name == "landmarks":
-        return x.reshape(WINDOW, -1)  # (5, 1434)
-    return x  # hubert (10, 1024), tdmm (5, 71)
+    return None if norm is None else np.asarray(norm[0], np.float32).reshape(-1)
+
+
+def window_scale(utts: Sequence[Utterance], name: str) -> np.ndarray | None:
+    """The field's normalisation scale (the same for every utterance: `data.norm_of`)."""
+    for u in utts:
+        norm = u.norm.get(name)
+        if norm is not None:
+            return np.asarray(norm[1], np.float32).reshape(-1)
+    return None
+
+
+def normalise(x: torch.Tensor, name: str, offset: torch.Tensor | None = None,
+              scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Raw windows -> model inputs, on whatever device `x` is (see the module table)."""
+    if name == "parsing":
+        return x
+    if name == "rgb":  # (B, 5, H, W, 3) -> (B, 15, H, W), channels-last in memory
+        b, k, h, w, c = x.shape
+        x = x.permute(0, 2, 3, 1, 4).reshape(b, h, w, k * c).permute(0, 3, 1, 2)
+    if name in IMAGE_FIELDS:
+        return x.float().mul_(1.0 / 255.0)
+    x = x.float()
+    if offset is not None:
+        x = x - offset.float()[:, None, :]
+    if scale is not None:
+        x = x * scale.float()
+    return x
+
+
+def window(utt: Utterance, name: str, t: int) -> np.ndarray:
+    """One model-ready window as float32 numpy (tests, notebooks): `raw_window` + `normalise`."""
+    x = torch.from_numpy(np.array(raw_window(utt, name, t))[None])
+    off, scale = window_offset(utt, name), window_scale([utt], name)
+    off = None if off is None else torch.from_numpy(off[None])
+    scale = None if scale is None else torch.from_numpy(scale)
+    return normalise(x, name, off, scale)[0].numpy()
 
 
 def _lower_frames(utt: Utterance, data: bytes, t: int) -> np.ndarray:
     """Lower halves of frames [t, t+5): only these JPEGs are decoded; with the utterance's frame
     cache on (fit.py --cache-frames), each frame is decoded once and kept."""
     cache = utt.frame_cache
+    scale = _step(utt.image_scale)
     if cache is None:
-        return _lower(rgb_codec.decode(data, t, t + WINDOW), utt.image_scale)
+        return _lower(decode_jpeg_sequence(data, t, t + WINDOW, scale=scale))
     missing = [i for i in range(t, t + WINDOW) if i not in cache]
     if missing:
         lo, hi = missing[0], missing[-1] + 1
-        for i, frame in zip(range(lo, hi), _lower(rgb_codec.decode(data, lo, hi), utt.image_scale)):
+        for i, frame in zip(range(lo, hi), _lower(decode_jpeg_sequence(data, lo, hi, scale=scale))):
             cache.setdefault(i, frame)
     return np.stack([cache[i] for i in range(t, t + WINDOW)])
 
 
 def _step(scale: float) -> int:
     step = int(round(1 / scale))
-    if scale <= 0 or abs(step * scale - 1) > 1e-6:
-        raise ValueError(f"image scale {scale} is not 1/k for an integer k")
+    if scale <= 0 or abs(step * scale - 1) > 1e-6 or step not in (1, 2, 4, 8):
+        raise ValueError(f"image scale {scale} is not 1, 1/2, 1/4 or 1/8")
     return step
 
 
-def _lower(frames: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """(k, 96, 96, 3) frames -> their lower halves (k, 48, 96, 3) (Wav2Lip: the sync expert
-    sees the lower half), area-averaged down by 1/scale."""
-    lower = frames[:, frames.shape[1] // 2:]
-    step = _step(scale)
-    if step > 1:
-        k, h, w, c = lower.shape
-        lower = lower[:, :h - h % step, :w - w % step].reshape(k, h // step, step, w // step, step, c)
-        lower = lower.mean(axis=(2, 4)).round().astype(np.uint8)
-    return np.ascontiguousarray(lower)
+def _lower(frames: np.ndarray) -> np.ndarray:
+    """(k, H, W, 3) frames -> their lower halves (Wav2Lip: the sync expert sees the lower half)."""
+    return frames[:, frames.shape[1] // 2:]
 
 
 @dataclass
 class Batch:
+    """A batch of pairs. From the loader: raw windows (uint8 / float16) and the per-pair
+    normalisation offsets; after `to(device)`: model inputs on the device."""
+
     visual: torch.Tensor
     audio: torch.Tensor
     label: torch.Tensor  # float 0/1
     kind: torch.Tensor  # index into sampler.KINDS
+    visual_name: str = ""
+    audio_name: str = ""
+    visual_offset: torch.Tensor | None = None
+    audio_offset: torch.Tensor | None = None
+    visual_scale: torch.Tensor | None = None
+    audio_scale: torch.Tensor | None = None
+    stream: int = 0  # the loader stream that drew it
+    state: dict | None = None  # that stream's position after drawing it (resume)
+
+    def tensors(self) -> list[str]:
+        return [k for k in ("visual", "audio", "label", "kind", "visual_offset", "audio_offset",
+                            "visual_scale", "audio_scale") if getattr(self, k) is not None]
+
+    def pin_memory(self) -> "Batch":
+        """Page-locked copies (DataLoader pin_memory=True calls this), for non_blocking copies."""
+        return replace(self, **{k: getattr(self, k).pin_memory() for k in self.tensors()})
 
     def to(self, device: torch.device | str) -> "Batch":
-        """On `device`; float image-like inputs go channels-last on a CPU, where oneDNN
-        convolutions run about twice as fast in that layout (values are unchanged)."""
+        """Model inputs on `device`: copied as stored (non_blocking from pinned memory), then
+        converted and normalised there; image-like float inputs go channels-last on a CPU, where
+        oneDNN convolutions run about twice as fast in that layout (values are unchanged)."""
         device = torch.device(device)
         nb = device.type == "cuda"
-        return Batch(_layout(self.visual.to(device, non_blocking=nb)),
-                     _layout(self.audio.to(device, non_blocking=nb)),
-                     self.label.to(device, non_blocking=nb), self.kind.to(device, non_blocking=nb))
+        moved = {k: getattr(self, k).to(device, non_blocking=nb) for k in self.tensors()}
+        visual = normalise(moved["visual"], self.visual_name, moved.get("visual_offset"),
+                           moved.get("visual_scale"))
+        audio = normalise(moved["audio"], self.audio_name, moved.get("audio_offset"),
+                          moved.get("audio_scale"))
+        return Batch(_layout(visual), _layout(audio), moved["label"], moved["kind"],
+                     self.visual_name, self.audio_name, stream=self.stream, state=self.state)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -114,15 +180,31 @@ def _layout(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def stack_windows(utts: Sequence[Utterance], name: str, starts: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """Windows of field `name` at (utterance index, start frame) pairs, stacked."""
-    return torch.from_numpy(np.stack([window(utts[i], name, t) for i, t in starts]))
+def stack_windows(utts: Sequence[Utterance], name: str, starts: Sequence[tuple[int, int]]
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Raw windows of field `name` at (utterance index, start frame) pairs, stacked, with the
+    per-pair normalisation offsets and the field's scale (None where the field has none)."""
+    x = torch.from_numpy(np.stack([raw_window(utts[i], name, t) for i, t in starts]))
+    offsets = [window_offset(utts[i], name) for i, _ in starts]
+    off = None if offsets[0] is None else torch.from_numpy(np.stack(offsets))
+    scale = window_scale([utts[i] for i, _ in starts[:1]], name)
+    return x, off, None if scale is None else torch.from_numpy(scale)
+
+
+def model_windows(utts: Sequence[Utterance], name: str, starts: Sequence[tuple[int, int]],
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """Model-ready windows on `device` (evaluation's per-utterance embedding)."""
+    x, off, scale = stack_windows(utts, name, starts)
+    device = torch.device(device)
+    return _layout(normalise(x.to(device), name, None if off is None else off.to(device),
+                             None if scale is None else scale.to(device)))
 
 
 def make_batch(pairs: Sequence[Pair], utts: Sequence[Utterance], pool: Sequence[Utterance],
                audio: str, visual: str) -> Batch:
-    """Stack the windows of `pairs` (visual from `utts`, audio from the sampler's `pool`)."""
-    v = stack_windows(utts, visual, [(p.v_utt, p.v_t) for p in pairs])
-    a = stack_windows(pool, audio, [(p.a_utt, p.a_t) for p in pairs])
+    """The raw windows of `pairs` (visual from `utts`, audio from the sampler's `pool`)."""
+    v, v_off, v_scale = stack_windows(utts, visual, [(p.v_utt, p.v_t) for p in pairs])
+    a, a_off, a_scale = stack_windows(pool, audio, [(p.a_utt, p.a_t) for p in pairs])
     return Batch(v, a, torch.tensor([p.label for p in pairs], dtype=torch.float32),
-                 torch.tensor([KINDS.index(p.kind) for p in pairs], dtype=torch.long))
+                 torch.tensor([KINDS.index(p.kind) for p in pairs], dtype=torch.long),
+                 visual, audio, v_off, a_off, v_scale, a_scale)

@@ -4,11 +4,16 @@
     python -m catalog speakers --store S [--dataset lrs2] [--split test] [--limit 20]
     python -m catalog splits   --store S [--val 0.1 --test 0.1 --seed 0 [--write]]
     python -m catalog overlap  --store S [--by official|speaker] [--fail-on-overlap]
-    python -m catalog query    --store S "dataset == 'lrs2' and n_frames >= 50" [--table utterances]
+    python -m catalog sql      --store S "SELECT count(*) FROM utterances WHERE n_frames >= 50" [--csv]
     python -m catalog verify   --store S [--dataset lrs2] [--fields rgb mel]
 
 Every command takes --json. The same functions are importable: catalog.summary.summarize,
-catalog.queries.{speakers,splits,overlap}, catalog.query.run_query, catalog.verify.verify.
+catalog.queries.{speakers,splits,overlap}, catalog.sql.run_sql, catalog.verify.verify.
+
+SQL views: utterances, speakers, shards, fields, errors (DuckDB over the Parquet tables), e.g.
+
+    SELECT speaker_id, count(*) AS n, sum(duration_s) / 3600 AS hours FROM utterances
+    WHERE split = 'train' AND status = 'ok' GROUP BY speaker_id ORDER BY hours DESC
 """
 from __future__ import annotations
 
@@ -16,8 +21,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-from catalog.layout import TABLES
 
 FMT = argparse.ArgumentDefaultsHelpFormatter
 
@@ -55,16 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", default=None, help="only this dataset")
     s.add_argument("--fail-on-overlap", action="store_true", help="exit 1 when any two splits share a speaker")
 
-    s = command("query", "filter a catalog table with a small expression language (see catalog/query.py)")
-    s.add_argument("where", nargs="?", default=None,
-                   help="filter, e.g. \"dataset == 'lrs2' and official_split in ('val', 'test')\"")
-    s.add_argument("--table", choices=TABLES, default="utterances", help="catalog table")
-    s.add_argument("--columns", nargs="+", default=None, help="columns to show (unset: all)")
-    s.add_argument("--order-by", nargs="+", default=None, help="sort columns")
-    s.add_argument("--desc", action="store_true", help="sort descending")
-    s.add_argument("--limit", type=int, default=None, help="at most this many rows")
-    s.add_argument("--group-by", nargs="+", default=None, help="count rows (and sum duration_s) per group")
-    s.add_argument("--count", action="store_true", help="print only the number of matching rows")
+    s = command("sql", "run SQL (DuckDB) over the catalog tables: utterances, speakers, shards, fields, errors")
+    s.add_argument("query", help="one SQL statement, e.g. \"SELECT split, count(*) FROM utterances GROUP BY split\"")
+    s.add_argument("--csv", action="store_true", help="print CSV instead of a text table")
+    s.add_argument("--threads", type=int, default=None, help="DuckDB threads (unset: DuckDB's default)")
 
     s = command("verify", "check every tar of every field against the catalog (exit 1 on any problem)")
     s.add_argument("--dataset", default=None, help="only this dataset")
@@ -79,7 +76,7 @@ def main(argv=None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # QueryError included
+    except ValueError as exc:  # SQL errors included
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, default=str) if args.json else text)
@@ -107,16 +104,13 @@ def _run(args):
 
         r = overlap(args.store, args.by, args.dataset)
         return r, format_overlap(r), 1 if args.fail_on_overlap and r["overlapping_pairs"] else 0
-    if args.command == "query":
-        from catalog.build import read_table
-        from catalog.query import format_rows, run_query
+    if args.command == "sql":
+        from catalog.sql import format_rows, run_sql, to_csv
 
-        table = run_query(read_table(args.store, args.table), args.where, args.columns, args.order_by,
-                          args.desc, None if args.count else args.limit, args.group_by)
-        if args.count:
-            return {"count": table.num_rows}, str(table.num_rows), 0
+        table = run_sql(args.store, args.query, args.threads)
         rows = table.to_pylist()
-        return rows, format_rows(rows) + f"\n({len(rows)} rows)", 0
+        text = to_csv(table) if args.csv else format_rows(rows) + f"\n({len(rows)} rows)"
+        return rows, text, 0
     if args.command == "verify":
         from catalog.verify import format_verify, verify
 

@@ -1,19 +1,27 @@
 """Build the catalog's Parquet tables from the shard plan and the per-(shard, field) sidecars.
 
 The tables are a pure function of the plan and the sidecars, so an interrupted and resumed run
-gives the same catalog as an uninterrupted one.
+gives the same catalog as an uninterrupted one. The build is linear: the plan is grouped by shard
+once, every sidecar is read once, and each of its member entries updates its utterance's row
+through one dictionary lookup.
+
+Sidecar member entries may carry `"columns": {name: value}`; they are merged into the
+utterance's row (typed by COLUMN_TYPES where the name is known; other names pass through with the
+type Arrow infers). A sidecar with no tar beside it, for a name outside the store's fields (the
+sync pass's `sync`), contributes only its columns.
 """
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from catalog.layout import sidecar_path, table_path, tar_path
+from catalog.layout import field_dir, sidecar_path, table_path, tar_path
+from catalog.plan import PLAN_COLUMNS, PLAN_SCHEMA, write_plan
 from catalog.splits import assign_splits
-from catalog.plan import PLAN_COLUMNS, plan_table, write_plan
 
 SPEAKER_SOURCE = {  # what a corpus's speaker_id really is; LRS2 has no speaker labels
     "folder": "parent folder name",
@@ -24,6 +32,21 @@ SPEAKER_SOURCE = {  # what a corpus's speaker_id really is; LRS2 has no speaker 
     "cncvs": "speaker folder sNNNNN",
 }
 
+# Per-utterance columns that sidecar entries may carry, with their catalog types.
+COLUMN_TYPES: dict[str, pa.DataType] = {
+    "n_frames": pa.int32(),  # frames of the utterance on the 25 fps grid (what every field covers)
+    "expected_frames": pa.int32(),  # frames the source's duration promises
+    "decoded_frames": pa.int32(),  # frames really decoded (the rest were filled)
+    "audio_coverage": pa.float64(),  # share 0..1 of the timeline with real audio
+    "warnings": pa.list_(pa.string()),
+    "detection_rate": pa.float64(), "face_size": pa.float64(), "detection_confidence": pa.float64(),
+    "sync_offset": pa.int32(), "sync_confidence": pa.float64(), "sync_min_dist": pa.float64(),
+    "sync_scorer": pa.string(),
+}
+# Quality figures older meta sidecars carry at the top level of an entry rather than in `columns`.
+LEGACY_META_COLUMNS = ("n_frames", "detection_rate", "face_size", "detection_confidence")
+RESULT_COLUMNS = [("split", pa.string()), ("status", pa.string()), ("duration_s", pa.float64())]
+
 
 def write_table(store: Path, name: str, table: pa.Table) -> None:
     path = table_path(store, name)
@@ -33,56 +56,81 @@ def write_table(store: Path, name: str, table: pa.Table) -> None:
     tmp.replace(path)
 
 
-def _read_sidecar(store: Path, dataset: str, field: str, shard_id: int) -> dict | None:
-    side, tar = sidecar_path(store, dataset, field, shard_id), tar_path(store, dataset, field, shard_id)
-    if not (side.exists() and tar.exists()):
+def _read_sidecar(store: Path, dataset: str, field: str, shard_id: int, need_tar: bool = True) -> dict | None:
+    side = sidecar_path(store, dataset, field, shard_id)
+    if not side.exists() or (need_tar and not tar_path(store, dataset, field, shard_id).exists()):
         return None
     return json.loads(side.read_text())
+
+
+def _column_fields(store: Path, datasets: set[str], fields: list[str]) -> dict[str, list[str]]:
+    """dataset -> names of column-only sidecar series (a folder of sidecars outside `fields`)."""
+    out = {}
+    for ds in datasets:
+        root = field_dir(store, ds, "x").parent
+        out[ds] = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in fields) \
+            if root.is_dir() else []
+    return out
 
 
 def build_catalog(store: Path, plan: list[dict], fields: list[str], val: float = 0.1,
                   test: float = 0.1, seed: int = 0) -> dict[str, pa.Table]:
     """All five tables for every planned utterance; missing sidecars read as 'missing'."""
     store = Path(store)
-    rows = {(r["dataset"], r["utt_id"]): {**r, "status": "ok"} for r in plan}
-    field_rows, error_rows, shard_rows = [], [], {}
+    rows: dict[tuple[str, str], dict] = {}
+    shards: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for r in plan:
-        s = shard_rows.setdefault((r["dataset"], r["shard_id"]), {
-            "dataset": r["dataset"], "shard_id": r["shard_id"], "n_utterances": 0})
-        s["n_utterances"] += 1
-    for (dataset, shard_id) in sorted(shard_rows):
+        row = {c: r.get(c) for c in PLAN_COLUMNS}
+        row["status"] = "ok"
+        rows[(r["dataset"], r["utt_id"])] = row
+        shards[(r["dataset"], r["shard_id"])].append(row)
+    extra_columns: dict[str, None] = {}  # column names sidecars brought, in first-seen order
+    field_rows, error_rows = [], []
+    column_only = _column_fields(store, {ds for ds, _ in shards}, fields)
+    for (dataset, shard_id), members in sorted(shards.items()):
         for field in fields:
             side = _read_sidecar(store, dataset, field, shard_id)
             if side is None:
-                for r in plan:
-                    if r["dataset"] == dataset and r["shard_id"] == shard_id:
-                        rows[(dataset, r["utt_id"])][f"field_{field}"] = "missing"
-                        rows[(dataset, r["utt_id"])]["status"] = "incomplete"
+                for row in members:
+                    row[f"field_{field}"] = "missing"
+                    row["status"] = "incomplete"
                 continue
+            entries = side["members"]
             field_rows.append({
                 "dataset": dataset, "shard_id": shard_id, "field": field, "version": side["version"],
                 "path": str(tar_path(store, dataset, field, shard_id).relative_to(store)),
-                "n_members": side["n_members"], "n_ok": sum(m["status"] == "ok" for m in side["members"]),
+                "n_members": side["n_members"], "n_ok": sum(m["status"] == "ok" for m in entries),
                 "bytes": side["bytes"], "sha256": side["sha256"]})
-            for m in side["members"]:
+            for m in entries:
                 row = rows[(dataset, m["utt_id"])]
                 row[f"field_{field}"] = m["status"]
                 if field == "meta":
-                    row.update({k: m.get(k) for k in ("n_frames", "detection_rate", "face_size",
-                                                       "detection_confidence")})
+                    for k in LEGACY_META_COLUMNS:
+                        if k in m:
+                            row[k] = m[k]
+                if m.get("columns"):
+                    row.update(m["columns"])
+                    extra_columns.update(dict.fromkeys(m["columns"]))
                 if m["status"] != "ok":
                     row["status"] = "error" if row["status"] != "incomplete" else row["status"]
                     error_rows.append({"utt_id": m["utt_id"], "dataset": dataset, "shard_id": shard_id,
-                                       "field": field, "stage": m["stage"], "reason": m["reason"]})
-    utts = sorted(rows.values(), key=lambda r: (r["dataset"], r["shard_id"], r["index_in_shard"]))
+                                       "field": field, "stage": m.get("stage"), "reason": m.get("reason")})
+        for name in column_only[dataset]:
+            side = _read_sidecar(store, dataset, name, shard_id, need_tar=False)
+            for m in (side or {}).get("members", []):
+                if m.get("columns") and (dataset, m.get("utt_id")) in rows:
+                    rows[(dataset, m["utt_id"])].update(m["columns"])
+                    extra_columns.update(dict.fromkeys(m["columns"]))
+    utts = [row for _, members in sorted(shards.items()) for row in
+            sorted(members, key=lambda r: r["index_in_shard"])]
     assign_splits(utts, val=val, test=test, seed=seed)
     for r in utts:
         n = r.get("n_frames")
         r["duration_s"] = n / 25.0 if n is not None else None
     tables = {
-        "utterances": _utterance_table(utts, fields),
+        "utterances": _utterance_table(utts, fields, list(extra_columns)),
         "speakers": _speaker_table(utts),
-        "shards": pa.Table.from_pylist([_shard_summary(s, utts) for _, s in sorted(shard_rows.items())]),
+        "shards": _shard_table(shards),
         "fields": pa.Table.from_pylist(field_rows, schema=_FIELD_SCHEMA),
         "errors": pa.Table.from_pylist(error_rows, schema=_ERROR_SCHEMA),
     }
@@ -96,27 +144,42 @@ _FIELD_SCHEMA = pa.schema([("dataset", pa.string()), ("shard_id", pa.int32()), (
                            ("n_ok", pa.int32()), ("bytes", pa.int64()), ("sha256", pa.string())])
 _ERROR_SCHEMA = pa.schema([("utt_id", pa.string()), ("dataset", pa.string()), ("shard_id", pa.int32()),
                            ("field", pa.string()), ("stage", pa.string()), ("reason", pa.string())])
+_BASE_QUALITY = ("n_frames", "detection_rate", "face_size", "detection_confidence")
 
 
-def _utterance_table(utts: list[dict], fields: list[str]) -> pa.Table:
-    schema = plan_table([]).schema
-    for name, typ in [("split", pa.string()), ("status", pa.string()), ("n_frames", pa.int32()),
-                      ("duration_s", pa.float64()), ("detection_rate", pa.float64()),
-                      ("face_size", pa.float64()), ("detection_confidence", pa.float64())]:
-        schema = schema.append(pa.field(name, typ))
-    for f in fields:
-        schema = schema.append(pa.field(f"field_{f}", pa.string()))
-    return pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in utts], schema=schema)
+def _column(values: list, typ: pa.DataType | None) -> pa.Array:
+    """One column; a known name gets its type (whole-number floats become ints), others inferred."""
+    if typ is None:
+        try:
+            return pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed kinds: keep them readable as JSON text
+            return pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
+    if pa.types.is_integer(typ):
+        values = [int(v) if isinstance(v, float) and v.is_integer() else v for v in values]
+    return pa.array(values, typ)
+
+
+def _utterance_table(utts: list[dict], fields: list[str], extra: list[str]) -> pa.Table:
+    """Plan columns, results, the base quality columns, field statuses, then sidecar columns."""
+    names = list(PLAN_COLUMNS) + [n for n, _ in RESULT_COLUMNS] + list(_BASE_QUALITY)
+    names += [f"field_{f}" for f in fields]
+    names += [c for c in extra if c not in names]
+    types = {**{f.name: f.type for f in PLAN_SCHEMA}, **dict(RESULT_COLUMNS), **COLUMN_TYPES,
+             **{f"field_{f}": pa.string() for f in fields}}
+    arrays = [_column([r.get(c) for r in utts], types.get(c)) for c in names]
+    return pa.Table.from_arrays(arrays, names=names)
 
 
 def _speaker_table(utts: list[dict]) -> pa.Table:
     speakers: dict[tuple, dict] = {}
     for r in utts:
-        s = speakers.setdefault((r["dataset"], r["speaker_id"]), {
-            "speaker_id": r["speaker_id"], "dataset": r["dataset"], "n_utterances": 0, "n_ok": 0,
-            "total_duration_s": 0.0, "split": r["split"],
-            "speaker_source": SPEAKER_SOURCE.get(r["dataset"], "corpus speaker label"),
-            "official_splits": set()})
+        s = speakers.get((r["dataset"], r["speaker_id"]))
+        if s is None:
+            s = speakers[(r["dataset"], r["speaker_id"])] = {
+                "speaker_id": r["speaker_id"], "dataset": r["dataset"], "n_utterances": 0, "n_ok": 0,
+                "total_duration_s": 0.0, "split": r["split"],
+                "speaker_source": SPEAKER_SOURCE.get(r["dataset"], "corpus speaker label"),
+                "official_splits": set()}
         if r.get("official_split"):
             s["official_splits"].add(r["official_split"])
         s["n_utterances"] += 1
@@ -124,14 +187,28 @@ def _speaker_table(utts: list[dict]) -> pa.Table:
         s["total_duration_s"] += r["duration_s"] or 0.0
     for s in speakers.values():  # every official split the speaker has utterances in, sorted
         s["official_splits"] = ",".join(sorted(s["official_splits"]))
-    return pa.Table.from_pylist([speakers[k] for k in sorted(speakers)])
+    return pa.Table.from_pylist([speakers[k] for k in sorted(speakers)], schema=_SPEAKER_SCHEMA)
 
 
-def _shard_summary(shard: dict, utts: list[dict]) -> dict:
-    mine = [r for r in utts if r["dataset"] == shard["dataset"] and r["shard_id"] == shard["shard_id"]]
-    return {**shard, "first_utt": mine[0]["utt_id"], "last_utt": mine[-1]["utt_id"],
-            "n_ok": sum(r["status"] == "ok" for r in mine),
-            "n_frames": sum(r["n_frames"] or 0 for r in mine)}
+_SPEAKER_SCHEMA = pa.schema([("speaker_id", pa.string()), ("dataset", pa.string()), ("n_utterances", pa.int64()),
+                             ("n_ok", pa.int64()), ("total_duration_s", pa.float64()), ("split", pa.string()),
+                             ("speaker_source", pa.string()), ("official_splits", pa.string())])
+_SHARD_SCHEMA = pa.schema([("dataset", pa.string()), ("shard_id", pa.int32()), ("n_utterances", pa.int64()),
+                           ("first_utt", pa.string()), ("last_utt", pa.string()), ("n_ok", pa.int64()),
+                           ("n_frames", pa.int64()), ("planned_seconds", pa.float64())])
+
+
+def _shard_table(shards: dict[tuple[str, int], list[dict]]) -> pa.Table:
+    """One row per shard from its own members (each utterance is visited once)."""
+    out = []
+    for (dataset, shard_id), members in sorted(shards.items()):
+        members = sorted(members, key=lambda r: r["index_in_shard"])
+        out.append({"dataset": dataset, "shard_id": shard_id, "n_utterances": len(members),
+                    "first_utt": members[0]["utt_id"], "last_utt": members[-1]["utt_id"],
+                    "n_ok": sum(r["status"] == "ok" for r in members),
+                    "n_frames": sum(r.get("n_frames") or 0 for r in members),
+                    "planned_seconds": sum(r.get("planned_seconds") or 0.0 for r in members)})
+    return pa.Table.from_pylist(out, schema=_SHARD_SCHEMA)
 
 
 def read_table(store: Path, name: str) -> pa.Table:
@@ -141,4 +218,4 @@ def read_table(store: Path, name: str) -> pa.Table:
     return pq.read_table(path)
 
 
-__all__ = ["build_catalog", "read_table", "write_plan", "PLAN_COLUMNS"]
+__all__ = ["build_catalog", "read_table", "write_plan", "write_table", "COLUMN_TYPES", "PLAN_COLUMNS"]

@@ -123,7 +123,7 @@ def overlap(store: Path, by: str = "official", dataset: str | None = None, examp
 
 
 def format_speakers(rows: list[dict]) -> str:
-    from catalog.query import format_rows
+    from catalog.sql import format_rows
 
     cols = ["dataset", "speaker_id", "n_utterances", "n_ok", "total_duration_s", "split", "official_splits"]
     return format_rows([{c: r.get(c) for c in cols} for r in rows]) + f"\n({len(rows)} speakers)"

@@ -28,9 +28,10 @@ def speaker_disjoint_splits(speakers: list[str], val: float = 0.1, test: float =
 
 
 def assign_splits(rows: list[dict], val: float = 0.1, test: float = 0.1, seed: int = 0) -> None:
-    """Set each row's 'split' in place, speaker-disjoint within each dataset."""
-    for dataset in {r["dataset"] for r in rows}:
-        mine = [r for r in rows if r["dataset"] == dataset]
-        splits = speaker_disjoint_splits([r["speaker_id"] for r in mine], val=val, test=test, seed=seed)
-        for r in mine:
-            r["split"] = splits[r["speaker_id"]]
+    """Set each row's 'split' in place, speaker-disjoint within each dataset (one pass to group)."""
+    speakers: dict[str, set[str]] = {}
+    for r in rows:
+        speakers.setdefault(r["dataset"], set()).add(r["speaker_id"])
+    splits = {ds: speaker_disjoint_splits(list(spk), val=val, test=test, seed=seed) for ds, spk in speakers.items()}
+    for r in rows:
+        r["split"] = splits[r["dataset"]][r["speaker_id"]]

@@ -194,16 +194,19 @@ def check_complete(path: Path) -> None:
                                 f"; no end-of-archive blocks)")
 
 
-def iter_members(path: Path | str, counter: Counter | None = None, name: str = "") -> Iterator[tuple[str, bytes]]:
+def iter_members(path: Path | str, counter: Counter | None = None, name: str = "",
+                 strict: bool = True) -> Iterator[tuple[str, bytes]]:
     """(member name, bytes) of every regular member, streaming front to back (one member in memory).
 
-    A truncated or corrupt tar raises tarfile.ReadError (or EOFError) after the members before
-    the damage; `counter[name]` accumulates the bytes read from disk when given.
+    A truncated tar raises tarfile.ReadError: before the first member when `strict` (see
+    check_complete), else after the members before the damage (verify reports those). A corrupt
+    one raises tarfile.ReadError or EOFError. `counter[name]` accumulates the bytes read.
     """
     from webdataset.tariterators import tar_file_iterator
 
     path = Path(path)
-    check_complete(path)
+    if strict:
+        check_complete(path)
     stream = CountingFile(path, counter, name) if counter is not None else open(path, "rb")
     try:
         for sample in tar_file_iterator(stream, skip_meta=None):

@@ -12,7 +12,6 @@ Every problem names the dataset, shard, field and tar path.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 from collections import Counter
@@ -20,31 +19,20 @@ from pathlib import Path
 
 from catalog.build import read_table
 from catalog.layout import field_dir, read_store_json, shard_name, sidecar_path, tar_path
+from catalog.tars import check_complete, iter_members, sha256, sha256_file
 
 ERROR_SUFFIX = "error.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+PLAN_KEYS = ("utt_id", "key", "dataset", "shard_id", "index_in_shard")
 
 
 def _read_tar(path: Path) -> tuple[list[tuple[str, int, str]], str | None]:
     """[(name, size, sha256)] of every member, reading all data; and an error if it stops early."""
     members = []
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                data = tar.extractfile(m).read()
-                if len(data) != m.size:
-                    return members, f"member {m.name} is cut short ({len(data)} of {m.size} bytes)"
-                members.append((m.name, m.size, hashlib.sha256(data).hexdigest()))
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        for name, data in iter_members(path, strict=False):
+            members.append((name, len(data), sha256(data)))
+        check_complete(path)
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         return members, f"unreadable tar after {len(members)} member(s): {type(exc).__name__}: {exc}"
     return members, None
 
@@ -53,7 +41,9 @@ def verify(store: Path, dataset: str | None = None, fields: list[str] | None = N
            max_listed: int = 20) -> dict:
     """The verification report: {"ok", "problems": [...], "lost", "duplicated", "checked", ...}."""
     store = Path(store)
-    utts = [u for u in read_table(store, "utterances").to_pylist() if dataset is None or u["dataset"] == dataset]
+    table = read_table(store, "utterances")
+    table = table.select([c for c in table.column_names if c in PLAN_KEYS or c.startswith("field_")])
+    utts = [u for u in table.to_pylist() if dataset is None or u["dataset"] == dataset]
     problems: list[dict] = []
     warnings: list[str] = []
     try:
@@ -87,6 +77,7 @@ def verify(store: Path, dataset: str | None = None, fields: list[str] | None = N
     checked = {"tars": 0, "members": 0, "bytes": 0}
     for (ds, shard_id), rows in sorted(plan.items()):
         expected = [r["key"] for r in rows]
+        row_of_key = {r["key"]: r for r in rows}
         for field in fields:
             counts = key_counts.setdefault((ds, field), Counter())
             tar, side_path = tar_path(store, ds, field, shard_id), sidecar_path(store, ds, field, shard_id)
@@ -98,7 +89,7 @@ def verify(store: Path, dataset: str | None = None, fields: list[str] | None = N
             if row is None:
                 problem(ds, shard_id, field, "not in catalog", "the tar exists but the fields table has no row")
             size = tar.stat().st_size
-            digest = _sha256(tar)
+            digest = sha256_file(tar)
             checked["tars"] += 1
             checked["bytes"] += size
             if row is not None and size != row["bytes"]:
@@ -138,9 +129,9 @@ def verify(store: Path, dataset: str | None = None, fields: list[str] | None = N
             _compare_order(problem, ds, shard_id, field, keys, expected, complete=error is None)
             entries = {m.get("utt_id"): m for m in (side or {}).get("members", [])}
             for key, group in samples:
-                if key not in expected:
+                utt = row_of_key.get(key)
+                if utt is None:
                     continue
-                utt = rows[expected.index(key)]
                 names = [name for name, _, _ in group]
                 suffixes = [name.split(".", 1)[1] if "." in name else "" for name in names]
                 if len(set(names)) != len(names):

@@ -1,4 +1,4 @@
-"""`python -m catalog`: speakers, splits, overlap, query, verify (and summary), on an LRS2-layout
+"""`python -m catalog`: speakers, splits, overlap, sql, verify (and summary), on an LRS2-layout
 store; verify names the shard and field of a truncated, missing, reordered or altered tar."""
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 
 from catalog.__main__ import main as catalog_main
 from catalog.layout import tar_path
-from catalog.query import QueryError, run_query
 from catalog.queries import overlap, speakers, splits
 from catalog.tars import iter_members, tar_bytes
 from catalog.verify import verify
@@ -87,28 +86,32 @@ def test_overlap_reports_lrs2_official_splits_honestly(store, capsys):
     assert by_speaker["overlapping_pairs"] == 0 and len(by_speaker["datasets"]["lrs2"]["pairs"]) == 3
 
 
-def test_query_filter_language(store, capsys):
-    code, rows = cli(capsys, "query", "--store", str(store),
-                     "dataset = 'lrs2' AND official_split IN ('train', 'test') AND n_frames > 0",
-                     "--columns", "utt_id", "official_split", "--order-by", "utt_id")
+def test_sql_over_the_catalog_views(store, capsys):
+    code, rows = cli(capsys, "sql", "--store", str(store),
+                     "SELECT utt_id, official_split FROM utterances WHERE dataset = 'lrs2' "
+                     "AND official_split IN ('train', 'test') AND n_frames > 0 ORDER BY utt_id")
     assert code == 0
     assert [r["utt_id"] for r in rows] == [f"main/{P0}/00001", f"main/{P0}/00002", f"main/{P0}/00003",
                                            f"main/{P2}/00001"]
-    code, n = cli(capsys, "query", "--store", str(store), "utt_id.startswith('pretrain/')", "--count")
-    assert n == {"count": 2}
-    code, groups = cli(capsys, "query", "--store", str(store), "--group-by", "official_split")
-    assert {g["official_split"]: g["rows"] for g in groups} == {"pretrain": 2, "train": 2, "val": 1, "test": 2}
-    code, fields = cli(capsys, "query", "--store", str(store), "field = 'mel' and n_members >= 1", "--table", "fields")
+    code, n = cli(capsys, "sql", "--store", str(store),
+                  "SELECT count(*) AS n FROM utterances WHERE starts_with(utt_id, 'pretrain/')")
+    assert n == [{"n": 2}]
+    code, groups = cli(capsys, "sql", "--store", str(store),
+                       "SELECT official_split, count(*) AS n FROM utterances GROUP BY 1")
+    assert {g["official_split"]: g["n"] for g in groups} == {"pretrain": 2, "train": 2, "val": 1, "test": 2}
+    code, fields = cli(capsys, "sql", "--store", str(store), "SELECT * FROM fields WHERE field = 'mel'")
     assert len(fields) == 4  # 7 utterances in shards of 2
-    assert catalog_main(["query", "--store", str(store), "__import__('os').system('true')"]) == 2
-    with pytest.raises(QueryError, match="unknown column"):
-        run_query(pq_table(store), "no_such_column == 1")
-
-
-def pq_table(store):
-    from catalog.build import read_table
-
-    return read_table(store, "utterances")
+    # every view joins: utterances per speaker-disjoint split agree with the speakers table
+    code, joined = cli(capsys, "sql", "--store", str(store),
+                       "SELECT s.split, sum(s.n_utterances) AS n FROM speakers s GROUP BY 1 ORDER BY 1")
+    assert sum(r["n"] for r in joined) == 7
+    capsys.readouterr()
+    assert catalog_main(["sql", "--store", str(store), "--csv",
+                         "SELECT utt_id, n_frames FROM utterances ORDER BY utt_id LIMIT 2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "utt_id,n_frames" and len(out) == 3
+    assert catalog_main(["sql", "--store", str(store), "SELECT no_such_column FROM utterances"]) == 2
+    assert "SQL error" in capsys.readouterr().err
 
 
 def test_summary_and_verify_from_the_command_line(store):
@@ -122,6 +125,8 @@ def test_summary_and_verify_from_the_command_line(store):
             assert out["n_lost"] == 0 and out["n_duplicated"] == 0
         else:
             assert out["utterances"] == 7 and out["ok"] == 7
+            assert {f: (v["ok"], v["utterances"], v["shards"]) for f, v in out["fields"].items()} == {
+                f: (7, 7, 4) for f in FIELDS}
 
 
 # ---------------------------------------------------------------- verify against a damaged store

@@ -19,8 +19,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from catalog.layout import field_dir, sidecar_path, table_path, tar_path
+from catalog.layout import field_dir, table_path, tar_path
 from catalog.plan import PLAN_COLUMNS, PLAN_SCHEMA, write_plan
+from catalog.sidecar import read_sidecar
 from catalog.splits import assign_splits
 
 SPEAKER_SOURCE = {  # what a corpus's speaker_id really is; LRS2 has no speaker labels
@@ -56,13 +57,6 @@ def write_table(store: Path, name: str, table: pa.Table) -> None:
     tmp.replace(path)
 
 
-def _read_sidecar(store: Path, dataset: str, field: str, shard_id: int, need_tar: bool = True) -> dict | None:
-    side = sidecar_path(store, dataset, field, shard_id)
-    if not side.exists() or (need_tar and not tar_path(store, dataset, field, shard_id).exists()):
-        return None
-    return json.loads(side.read_text())
-
-
 def _column_fields(store: Path, datasets: set[str], fields: list[str]) -> dict[str, list[str]]:
     """dataset -> names of column-only sidecar series (a folder of sidecars outside `fields`)."""
     out = {}
@@ -89,7 +83,7 @@ def build_catalog(store: Path, plan: list[dict], fields: list[str], val: float =
     column_only = _column_fields(store, {ds for ds, _ in shards}, fields)
     for (dataset, shard_id), members in sorted(shards.items()):
         for field in fields:
-            side = _read_sidecar(store, dataset, field, shard_id)
+            side = read_sidecar(store, dataset, field, shard_id)
             if side is None:
                 for row in members:
                     row[f"field_{field}"] = "missing"
@@ -116,7 +110,7 @@ def build_catalog(store: Path, plan: list[dict], fields: list[str], val: float =
                     error_rows.append({"utt_id": m["utt_id"], "dataset": dataset, "shard_id": shard_id,
                                        "field": field, "stage": m.get("stage"), "reason": m.get("reason")})
         for name in column_only[dataset]:
-            side = _read_sidecar(store, dataset, name, shard_id, need_tar=False)
+            side = read_sidecar(store, dataset, name, shard_id, need_tar=False)
             for m in (side or {}).get("members", []):
                 if m.get("columns") and (dataset, m.get("utt_id")) in rows:
                     rows[(dataset, m["utt_id"])].update(m["columns"])

@@ -29,7 +29,8 @@ from catalog.plan import DEFAULT_SHARD_MINUTES, extend_plan, read_plan, shards_o
 from features.fields import DEFAULT_FIELDS, FIELDS, Options, resolve  # noqa: E402
 from features.hubert import DEFAULT_MODEL, MANDARIN_MODEL  # noqa: E402
 from features.timebase import FPS, WINDOW  # noqa: E402
-from pipelines.adapters import ADAPTERS, LANGUAGES, list_utterances  # noqa: E402
+from pipelines.adapters import ADAPTERS, LANGUAGES, adapter_options, list_utterances  # noqa: E402
+from pipelines.probe import cut_long_videos  # noqa: E402
 from pipelines.shard_failures import FAULT_ENV  # noqa: E402
 
 
@@ -60,8 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="retries of a shard whose worker died, was killed for memory or lost its node "
                         "(every cause counts; then the shard's rows are errors naming the cause)")
     p.add_argument("--max-seconds", type=float, default=None,
-                   help="lrs2/lrs3: cut pretrain clips longer than this at word boundaries into "
-                        "<utt_id>_segNN utterances (unset: keep whole clips)")
+                   help="cut videos longer than this into <utt_id>_segNN utterances of at most this "
+                        "length: lrs2/lrs3 pretrain clips at word boundaries; every other dataset by a "
+                        "probe pass (shot cuts, main-face runs, even splits; pipelines/probe.py) "
+                        "before the plan is fixed (unset: keep whole videos)")
     return p.parse_args(argv)
 
 
@@ -78,7 +81,7 @@ def init_ray(address: str | None, workers: int | None):
     return ray
 
 
-def shard_task(dataset: str, shard_id: int, *args):
+def extract_shard_task(dataset: str, shard_id: int, *args):
     """The Ray task body: one shard (a test may ask it to die first, see shard_failures)."""
     from pipelines.shard_failures import inject_fault
     from pipelines.worker import extract_shard
@@ -100,7 +103,7 @@ def run_shards(ray, store: Path, dataset: str, plan: list[dict], fields: list[st
 
     from pipelines.shard_failures import classify, clear_failed_shard, write_failed_shard
 
-    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0, retry_exceptions=False)(shard_task)
+    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0, retry_exceptions=False)(extract_shard_task)
     limit = workers or max(1, int(ray.available_resources().get("CPU", 1)))
     shards = shards_of(plan)
     for shard_id in shards:
@@ -169,7 +172,7 @@ def main(argv=None) -> int:
     store = args.store.resolve()
     try:
         fields = resolve(args.fields)
-        utterances = list_utterances(args.dataset, args.root, max_seconds=args.max_seconds)
+        utterances = list_utterances(args.dataset, args.root, **adapter_kwargs(args))
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -177,10 +180,34 @@ def main(argv=None) -> int:
         print(f"error: no videos found under {args.root} for dataset {args.dataset!r}", file=sys.stderr)
         return 2
     existing = read_plan(store)
+    ray = init_ray(args.address, args.workers)
+    probe_figures = None
+    if probes_long_videos(args):
+        utterances, probe_figures = cut_long_videos(ray, store, args.dataset, utterances, existing,
+                                                    args.max_seconds, args.workers)
     dataset_plan = extend_plan(existing, args.dataset, utterances, args.shard_size, args.shard_minutes)
     plan = [r for r in existing if r["dataset"] != args.dataset] + dataset_plan
     write_plan(store, plan)
+    store_fields = update_store_json(store, args, fields)
 
+    started = time.perf_counter()
+    frames, failures = extract_fields(ray, store, args, dataset_plan, fields)
+    seconds = time.perf_counter() - started
+    tables = build_catalog(store, plan, store_fields, val=args.val, test=args.test, seed=args.split_seed)
+    return report(store, args.dataset, tables, frames, seconds, failures, probe_figures)
+
+
+def adapter_kwargs(args: argparse.Namespace) -> dict:
+    """--max-seconds goes to adapters that cut by themselves (word timings); others are probed."""
+    return {"max_seconds": args.max_seconds} if "max_seconds" in adapter_options(args.dataset) else {}
+
+
+def probes_long_videos(args: argparse.Namespace) -> bool:
+    return args.max_seconds is not None and "max_seconds" not in adapter_options(args.dataset)
+
+
+def update_store_json(store: Path, args: argparse.Namespace, fields: list[str]) -> list[str]:
+    """Record the timebase and every field's version in store.json; returns the store's fields."""
     info = read_store_json(store)
     store_fields = sorted(set(info.get("fields", {})) | set(fields), key=lambda f: (f == "meta", f))
     info.update(version=STORE_VERSION, timebase={"fps": FPS, "sample_rate": 16000, "window": WINDOW},
@@ -193,17 +220,11 @@ def main(argv=None) -> int:
         info["hubert"] = {"model": hubert_model(args), "layer": args.hubert_layer}
         info["fields"]["hubert"].update(info["hubert"])
     write_store_json(store, info)
-
-    ray = init_ray(args.address, args.workers)
-    started = time.perf_counter()
-    frames, failures = extract_fields(ray, store, args, dataset_plan, fields)
-    seconds = time.perf_counter() - started
-    tables = build_catalog(store, plan, store_fields, val=args.val, test=args.test, seed=args.split_seed)
-    return report(store, args.dataset, tables, frames, seconds, failures)
+    return store_fields
 
 
 def report(store: Path, dataset: str, tables: dict, frames: int, seconds: float,
-           failures: dict[int, str]) -> int:
+           failures: dict[int, str], probe: dict | None = None) -> int:
     """Print and save the run's figures and every error row; the exit code (see EXIT_CODES)."""
     mine = [u for u in tables["utterances"].to_pylist() if u["dataset"] == dataset]
     figures = {"dataset": dataset, "utterances": len(mine),
@@ -212,6 +233,8 @@ def report(store: Path, dataset: str, tables: dict, frames: int, seconds: float,
                "frames_extracted": frames, "seconds": round(seconds, 2),
                "frames_per_second": round(frames / seconds, 2) if frames else 0.0,
                "failed_shards": [f"{dataset}-{i:06d}: {c}" for i, c in sorted(failures.items())]}
+    if probe is not None:
+        figures["probe"] = probe
     (store / "extract_report.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures))
     for err in tables["errors"].to_pylist():

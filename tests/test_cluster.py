@@ -219,7 +219,11 @@ def tars(store: Path) -> dict[str, bytes]:
 
 def assert_same_store(store: Path, reference: Path) -> None:
     for name in TABLES:
-        assert pq.read_table(table_path(store, name)).equals(pq.read_table(table_path(reference, name))), name
+        mine, theirs = pq.read_table(table_path(store, name)), pq.read_table(table_path(reference, name))
+        differing = [c for c in theirs.column_names if c not in mine.column_names
+                     or not mine.column(c).equals(theirs.column(c))]
+        assert mine.equals(theirs), (name, differing, [(mine.column(c).to_pylist()[:4], theirs.column(c).to_pylist()[:4])
+                                                       for c in differing[:3] if c in mine.column_names])
     assert tars(store) == tars(reference)
 
 

@@ -30,9 +30,9 @@ def run_extract(dataset: str, root: Path, store: Path) -> dict:
     return json.loads((store / "extract_report.json").read_text())
 
 
-def stored(store: Path, row: dict) -> dict:
+def stored(store: Path, row: dict, fields: list[str] = SLICE) -> dict:
     return {f: FIELDS[f].decode(b) if f in FIELDS else json.loads(b)
-            for f, (_, b) in read_members(store, row, SLICE).items()}
+            for f, (_, b) in read_members(store, row, fields).items()}
 
 
 def check_lengths(row: dict, data: dict) -> None:

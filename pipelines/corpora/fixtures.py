@@ -194,6 +194,47 @@ def split_streams(src: Path, video_out: Path, audio_out: Path) -> None:
             out.mux(pkt)
 
 
+def concat_clips(sources: list[Path], out: Path, size: int = 360) -> list[tuple[float, float, str]]:
+    """One long video with a shot cut between each pair of `sources` (real clips, say): each is
+    decoded onto the 25 fps grid, scaled to size x size and appended with its own audio, so sync
+    holds inside every shot. Frames stream into the encoder one clip at a time (an HD result is
+    never held whole). Returns each source's (start_s, end_s, path) in the long video."""
+    from fractions import Fraction
+
+    import av
+    import cv2
+
+    from features.media import load_media
+
+    spans, audio, t = [], [], 0
+    with av.open(str(out), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width = video.height = size
+        video.pix_fmt = "yuv420p"
+        video.options = {"crf": "20", "preset": "veryfast"}
+        sound = container.add_stream("aac", rate=16000)
+        sound.layout = "mono"
+        for src in sources:
+            media = load_media(src)
+            for img in media.frames:
+                frame = av.VideoFrame.from_ndarray(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA),
+                                                   format="rgb24")
+                frame.pts = t
+                frame.time_base = Fraction(1, 25)
+                container.mux(video.encode(frame))
+                t += 1
+            audio.append(media.audio)
+            spans.append((spans[-1][1] if spans else 0.0, t / 25, str(src)))
+        container.mux(video.encode())
+        samples = np.concatenate(audio).astype(np.float32)
+        for i in range(0, len(samples), 1024):
+            frame = av.AudioFrame.from_ndarray(samples[None, i:i + 1024], format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 16000, i, Fraction(1, 16000)
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode())
+    return spans
+
+
 def build_all(out: Path, n_clips: int = 8, seed: int = 0, **clip_options) -> dict[str, tuple[Path, dict]]:
     """All four trees under out/<dataset>/ from one pool of clips in out/clips/."""
     out = Path(out)

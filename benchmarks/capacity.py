@@ -1,7 +1,9 @@
-"""Extraction throughput with 1 and 2 Ray workers, per-frame costs per stage, and a capacity plan.
+"""Extraction capacity: throughput with 1 and 2 Ray workers, per-frame costs per stage, and a plan
+of core-hours and store bytes per corpus. (The store's own costs at corpus scale, catalog build,
+verify and trainer start-up, are benchmarks/catalog_scale.py.)
 
-    python benchmarks/scale.py                          # 200 synthetic utterances of 1-2 s
-    python benchmarks/scale.py --utterances 24 --workers 1 2 --profile 4
+    python benchmarks/capacity.py                          # 200 synthetic utterances of 1-2 s
+    python benchmarks/capacity.py --utterances 24 --workers 1 2 --profile 4
 
 1. Generates a synthetic corpus (pipelines/synthetic.py) of --utterances clips.
 2. Runs pipelines/extract.py on it once per --workers value (fresh store, private local Ray) and
@@ -12,7 +14,7 @@
 4. Turns the measured per-frame figures into a capacity plan: CPU core-hours and store bytes per
    field for LRS2, LRS3, VoxCeleb2 and CN-CVS at the hours given by --hours.
 
-Writes <out>/scale.json and prints Markdown tables.
+Writes <out>/capacity.json and prints Markdown tables.
 """
 from __future__ import annotations
 
@@ -50,11 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--real", type=Path, default=REAL_CORPUS, help="real clips (folder layout) to profile, if present")
     p.add_argument("--hours", default=",".join(f"{k}={v:g}" for k, v in DEFAULT_HOURS.items()),
                    help="corpus hours for the plan, name=hours,...")
-    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "unisync-scale",
-                   help="working folder (corpus, stores) and scale.json")
+    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "unisync-capacity",
+                   help="working folder (corpus, stores) and capacity.json")
     p.add_argument("--seed", type=int, default=0, help="synthetic corpus seed")
     p.add_argument("--render", type=Path, default=None,
-                   help="only recompute and print the plans of this existing scale.json (with --hours)")
+                   help="only recompute and print the plans of this existing capacity.json (with --hours)")
     return p.parse_args(argv)
 
 
@@ -236,7 +238,7 @@ def markdown(result: dict) -> str:
 
 
 def render(path: Path, hours: dict[str, float]) -> None:
-    """Recompute the plans of an existing scale.json (e.g. for other --hours) and print them."""
+    """Recompute the plans of an existing capacity.json (e.g. for other --hours) and print them."""
     result = json.loads(path.read_text())
     finish(result, hours)
     result["hours"] = hours
@@ -269,9 +271,9 @@ def main(argv=None) -> int:
                           for r in runs},
               "cpu_ms_per_frame": base["cpu_ms_per_frame"], "bytes_per_frame": base["bytes_per_frame"]}
     finish(result, hours)
-    (args.out / "scale.json").write_text(json.dumps(result, indent=2))
+    (args.out / "capacity.json").write_text(json.dumps(result, indent=2))
     print(markdown(result))
-    print(f"\nwritten {args.out / 'scale.json'}")
+    print(f"\nwritten {args.out / 'capacity.json'}")
     return 0
 
 

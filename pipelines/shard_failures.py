@@ -9,8 +9,9 @@ died. An exception raised by the task's own code is not retried (it would fail t
 
 A shard that still fails gets, for every pending field, a tar of `<key>.error.json`
 placeholders and a sidecar whose entries name the cause, so the catalog holds its rows (status
-`error`, stage `worker`) and `verify` sees an aligned store. The sidecars carry
-`"failed_shard"`, so a later run of the same command clears them and tries the shard again.
+`error`, stage `worker`) and `verify` sees an aligned store. A later run of the same command
+recognises these sidecars (every member failed at stage `worker`), clears them and tries the
+shard again.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import os
 from pathlib import Path
 
 from catalog.layout import sidecar_path, tar_path
-from catalog.tars import TarWriter, write_atomic
+from catalog.sidecar import is_complete, read_sidecar, write_sidecar
+from catalog.tars import TarWriter
 from features.fields import ERROR_EXT, FIELDS
 
 STAGE = "worker"
@@ -53,37 +55,33 @@ def classify(exc: BaseException) -> tuple[bool, str]:
     return False, f"{type(exc).__name__}: {first}"
 
 
+def _is_placeholder(side: dict | None) -> bool:
+    """A sidecar this module wrote: every member failed at the worker stage."""
+    return bool(side and side["members"]) and all(m.get("stage") == STAGE for m in side["members"])
+
+
 def write_failed_shard(store: Path, dataset: str, shard_id: int, rows: list[dict], fields: list[str],
                        cause: str) -> None:
-    """Placeholder tars and sidecars for every field of the shard not already complete and ok."""
+    """Placeholder tars and sidecars for every field of the shard not already complete."""
     error = {"status": "error", "stage": STAGE, "reason": cause}
     member = json.dumps(error, sort_keys=True).encode()
     for name in fields:
-        side_path = sidecar_path(store, dataset, name, shard_id)
-        if side_path.exists() and tar_path(store, dataset, name, shard_id).exists() \
-                and not json.loads(side_path.read_text()).get("failed_shard"):
+        side = read_sidecar(store, dataset, name, shard_id)
+        if is_complete(store, dataset, name, shard_id) and not _is_placeholder(side):
             continue  # written by an earlier attempt before the worker died: keep it
         with TarWriter(tar_path(store, dataset, name, shard_id)) as tar:
             for row in rows:
                 tar.add(f"{row['key']}.{ERROR_EXT}", member)
-        side = {"field": name, "dataset": dataset, "shard_id": shard_id,
-                "version": FIELDS[name].version if name in FIELDS else "meta-1",
-                "n_members": tar.n_members, "bytes": tar.bytes, "sha256": tar.sha256,
-                "failed_shard": cause, "members": [{"utt_id": r["utt_id"], **error} for r in rows]}
-        write_atomic(side_path, json.dumps(side, sort_keys=True, indent=1).encode())
+        write_sidecar(store, dataset, name, shard_id, FIELDS[name].version if name in FIELDS else "meta-1",
+                      [{"utt_id": r["utt_id"], **error} for r in rows], tar)
 
 
 def clear_failed_shard(store: Path, dataset: str, shard_id: int, fields: list[str]) -> bool:
     """Remove a shard's placeholder pairs (sidecar first) so the shard is redone; True if any."""
     cleared = False
     for name in fields:
-        side_path = sidecar_path(store, dataset, name, shard_id)
-        try:
-            failed = json.loads(side_path.read_text()).get("failed_shard")
-        except (OSError, ValueError):
-            continue
-        if failed:
-            side_path.unlink(missing_ok=True)
+        if _is_placeholder(read_sidecar(store, dataset, name, shard_id, need_tar=False)):
+            sidecar_path(store, dataset, name, shard_id).unlink(missing_ok=True)
             tar_path(store, dataset, name, shard_id).unlink(missing_ok=True)
             cleared = True
     return cleared

@@ -113,6 +113,8 @@ def test_killed_run_resumes_to_identical_store(corpus, store, tmp_path):
 def test_hubert_without_a_reachable_hub_fails_at_once_with_the_fix(monkeypatch, tmp_path):
     """No hub here (or HF_HUB_OFFLINE): one quick probe, no retries, the message names the flag.
     (Before: about 23 s of the hub client's retries per worker.)"""
+    from transformers import HubertModel  # noqa: F401  (imported before the clock starts: slow on a busy machine)
+
     from features import hubert
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: nothing to fall back on

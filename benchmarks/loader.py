@@ -1,19 +1,27 @@
-"""Loader benchmark: training windows per second per CPU core, and bytes read per field, per combo.
+"""Loader benchmark: training windows per second per core with 0, 1 and 2 loader workers, and the
+bytes read per field, per combo.
 
-    python benchmarks/loader.py --store STORE [--combos mel_landmarks mel_rgb] [--json out.json]
+    python benchmarks/loader.py --store STORE [--combos mel_landmarks mel_rgb] [--workers 0 1 2] [--json out.json]
 
 For each combo whose fields the store holds (all eight by default):
 
-1. read: the combo's utterances of --split are read through the trainer's loader
-   (training.data.stream_utterances) with every tar read counted, per field. The table shows the
-   bytes read from each field's tars next to what the combo needs (the full tars of its two
-   fields for the split's shards: a shard is read whole, front to back) and what reading every
-   field of those shards would cost.
-2. cut: pairs are drawn with the training sampler and their windows cut into batches exactly as
-   fit.py does (training.windows.make_batch), for --windows pairs; windows per second per core =
-   pairs / CPU seconds of this process (one torch / OpenCV thread), with wall time alongside.
+1. read: the combo's utterances of --split are read through the trainer's reader
+   (training.data.stream_utterances -> catalog.tars.iter_shard) with every tar byte counted per
+   field, next to what the combo needs (the full tars of its two fields for the split's shards:
+   a shard is read whole, front to back) and what reading every field would cost.
+2. 0 workers: pairs are drawn with the training sampler and their windows cut into batches
+   exactly as the loader does (training.windows.make_batch), for --windows pairs; windows per
+   second per core = pairs / CPU seconds of this process (one torch thread).
+3. N workers: fit.py's own loader (training.loader.RankData, N worker processes, the training
+   split's shards) is drained by this process for --windows pairs after every worker has
+   delivered its first batch (start-up excluded); windows per second = pairs / wall seconds,
+   and pairs per CPU second of the workers and this process together (load-independent: what a
+   window costs, transfer to the training process included). On a machine with N free cores,
+   N workers give about N times the per-CPU-second rate; on a loaded machine the wall figure
+   shows the load, not the loader.
 
-A "window" here is one training pair: a 5-frame visual window and its audio window.
+A "window" is one training pair: a 5-frame visual window and its audio window. `--lip` adds a
+row for the lip field's windows (grayscale mouth ROIs; no combo reads them yet).
 """
 from __future__ import annotations
 
@@ -29,11 +37,14 @@ import json
 import time
 from collections import Counter
 
+import numpy as np
+
 from catalog.layout import tar_path
 from training.combos import COMBOS, combo_fields, parse_combo
-from training.data import StoreError, read_catalog, select_rows, shards_of, stream_utterances
+from training.data import StoreError, load_utterances, read_catalog, select_rows, shards_of, stream_utterances
+from training.loader import RankData, prepare_utterances
 from training.sampler import PairSampler
-from training.windows import make_batch
+from training.windows import make_batch, raw_window
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,12 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="store root")
     p.add_argument("--combos", nargs="+", default=list(COMBOS), choices=COMBOS, help="combos to measure")
     p.add_argument("--split", default="train", help="split to read")
-    p.add_argument("--windows", type=int, default=8192, help="pairs to cut per combo")
+    p.add_argument("--windows", type=int, default=8192, help="pairs to cut per combo and setting")
     p.add_argument("--batch-size", type=int, default=64, help="pairs per batch")
-    p.add_argument("--threads", type=int, default=1, help="torch / OpenCV threads")
+    p.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2],
+                   help="loader worker counts to measure (0: in this process, CPU time)")
+    p.add_argument("--image-scale", type=float, default=1.0, help="as fit.py --image-scale")
+    p.add_argument("--cache-frames", action="store_true", help="as fit.py --cache-frames")
+    p.add_argument("--lip", action="store_true", help="also time lip windows (when the store has them)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
-    p.add_argument("--cache-frames", action="store_true",
-                   help="as fit.py --cache-frames: keep decoded rgb frames after first use")
     p.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     return p
 
@@ -62,6 +75,48 @@ def tar_bytes(store: Path, shards: list[tuple[str, int]], name: str) -> int:
     return sum(p.stat().st_size for p in (tar_path(store, d, name, s) for d, s in shards) if p.exists())
 
 
+def in_process_rate(utts: list, audio: str, visual: str, args: argparse.Namespace) -> tuple[float, float, dict]:
+    """(windows/s per core, windows/s wall, batch shapes) cutting batches in this process."""
+    sampler = PairSampler(utts, seed=args.seed, cross_speaker_ratio=0.2
+                          if len({u.speaker_id for u in utts}) > 1 else 0.0)
+    make_batch(sampler.sample(args.batch_size), utts, utts, audio, visual)  # warm-up
+    n, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
+    while n < args.windows:
+        batch = make_batch(sampler.sample(args.batch_size), utts, utts, audio, visual)
+        n += len(batch)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    return n / max(cpu, 1e-9), n / max(wall, 1e-9), {"visual": list(batch.visual.shape),
+                                                    "audio": list(batch.audio.shape)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    import os
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_rate(store: Path, audio: str, visual: str, workers: int, args: argparse.Namespace) -> tuple[float, float]:
+    """Windows/s drained from fit.py's loader with `workers` processes, start-up excluded: wall,
+    and per CPU second of the workers and this process together (what the windows cost
+    whatever else runs on the machine)."""
+    import os
+    data = RankData.from_store(str(store), audio, visual, 0, 1, workers, seed=args.seed,
+                               batch_size=args.batch_size, image_scale=args.image_scale,
+                               cache_frames=args.cache_frames,
+                               cross_speaker_ratio=0.2)
+    batches = data.batches(0, prefetch=4)
+    for _ in range(max(1, workers)):  # every worker has loaded its shards and delivered
+        next(batches)
+    pids = [os.getpid()] + [w.pid for w in getattr(batches, "_workers", [])]
+    n, wall0, cpu0 = 0, time.perf_counter(), sum(cpu_seconds(p) for p in pids)
+    while n < args.windows:
+        n += len(next(batches))
+    wall, cpu = time.perf_counter() - wall0, sum(cpu_seconds(p) for p in pids) - cpu0
+    del batches
+    return n / wall, n / max(cpu, 1e-9)
+
+
 def measure(store: Path, combo: str, all_rows: list[dict], fields_on_disk: list[str],
             args: argparse.Namespace) -> dict:
     audio, visual = parse_combo(combo)
@@ -69,57 +124,64 @@ def measure(store: Path, combo: str, all_rows: list[dict], fields_on_disk: list[
     rows = select_rows(all_rows, fields, [args.split], store)
     shards = shards_of(rows)
     counted: Counter = Counter()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    wall0 = time.perf_counter()
     utts = list(stream_utterances(store, fields, rows, all_rows, bytes_read=counted))
-    load_cpu, load_wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    if args.cache_frames:
-        for u in utts:
-            u.frame_cache = {} if "rgb" in u.data else None
-
-    sampler = PairSampler(utts, seed=args.seed, cross_speaker_ratio=0.2
-                          if len({u.speaker_id for u in utts}) > 1 else 0.0)
-    make_batch(sampler.sample(args.batch_size), utts, utts, audio, visual)  # warm-up
-    n = 0
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    while n < args.windows:
-        batch = make_batch(sampler.sample(args.batch_size), utts, utts, audio, visual)
-        n += len(batch)
-    cut_cpu, cut_wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    load_wall = time.perf_counter() - wall0
+    prepare_utterances(utts, args.image_scale, args.cache_frames)
+    rates: dict[str, float] = {}
+    for w in args.workers:
+        if w == 0:
+            per_core, wall, shapes = in_process_rate(utts, audio, visual, args)
+            rates["0"], rates["0_wall"] = per_core, wall
+        elif args.split == "train":
+            rates[str(w)], rates[f"{w}_per_cpu_s"] = worker_rate(store, audio, visual, w, args)
     return {
         "combo": combo, "split": args.split, "utterances": len(utts), "shards": len(shards),
         "windows_in_split": int(sum(u.n_windows for u in utts)),
-        "pairs_cut": n, "windows_per_s_per_core": n / max(cut_cpu, 1e-9),
-        "windows_per_s_wall": n / max(cut_wall, 1e-9),
-        "load_cpu_s": round(load_cpu, 3), "load_wall_s": round(load_wall, 3),
+        "windows_per_s_per_core": rates.get("0"), "windows_per_s": rates,
+        "load_wall_s": round(load_wall, 3),
         "bytes_read": {f: int(counted.get(f, 0)) for f in fields_on_disk},
         "bytes_needed": {f: tar_bytes(store, shards, f) for f in fields},
         "bytes_all_fields": sum(tar_bytes(store, shards, f) for f in fields_on_disk),
-        "batch_shapes": {"visual": list(batch.visual.shape), "audio": list(batch.audio.shape)},
+        "batch_shapes": shapes if "0" in rates else None,
     }
 
 
-def format_table(results: list[dict], fields_on_disk: list[str]) -> str:
-    head = (f"{'combo':<18}{'win/s/core':>11}{'win/s wall':>11}{'load s':>8}  "
-            + "".join(f"{f + ' MB':>13}" for f in fields_on_disk)
-            + f"{'needed MB':>11}{'all MB':>9}")
+def lip_rate(store: Path, args: argparse.Namespace) -> dict:
+    """Lip windows (5 grayscale JPEGs each) per second per core, cut at seeded random starts."""
+    utts = load_utterances(store, ["lip"], [args.split])
+    rng = np.random.default_rng(args.seed)
+    picks = [(u, int(rng.integers(u.n_windows))) for u in
+             (utts[i] for i in rng.integers(len(utts), size=args.windows))]
+    cpu0 = time.process_time()
+    for u, t in picks:
+        raw_window(u, "lip", t)
+    return {"combo": "lip (windows only)", "windows_per_s_per_core": len(picks) / (time.process_time() - cpu0)}
+
+
+def format_table(results: list[dict], fields_on_disk: list[str], workers: list[int]) -> str:
+    cols = [f"{w}w win/s" if w else "0w /core" for w in workers] + [f"{w}w /cpu-s" for w in workers if w]
+    head = (f"{'combo':<19}" + "".join(f"{c:>11}" for c in cols) + f"{'2w/0w':>7}{'load s':>8}  "
+            + "".join(f"{f + ' MB':>13}" for f in fields_on_disk) + f"{'needed MB':>11}{'all MB':>9}")
     lines = [head, "-" * len(head)]
     for r in results:
+        rates = r.get("windows_per_s") or {"0": r["windows_per_s_per_core"]}
+        keys = [str(w) for w in workers] + [f"{w}_per_cpu_s" for w in workers if w]
+        cells = "".join(f"{rates[k]:>11.0f}" if rates.get(k) else f"{'-':>11}" for k in keys)
+        ratio = (f"{rates['2'] / rates['0']:>7.2f}" if rates.get("2") and rates.get("0") else f"{'-':>7}")
+        if "bytes_read" not in r:
+            lines.append(f"{r['combo']:<19}{cells}{ratio}")
+            continue
         read = "".join(f"{r['bytes_read'][f] / 1e6:>13.2f}" for f in fields_on_disk)
-        lines.append(f"{r['combo']:<18}{r['windows_per_s_per_core']:>11.0f}{r['windows_per_s_wall']:>11.0f}"
-                     f"{r['load_wall_s']:>8.2f}  {read}{sum(r['bytes_needed'].values()) / 1e6:>11.2f}"
-                     f"{r['bytes_all_fields'] / 1e6:>9.2f}")
+        lines.append(f"{r['combo']:<19}{cells}{ratio}{r['load_wall_s']:>8.2f}  {read}"
+                     f"{sum(r['bytes_needed'].values()) / 1e6:>11.2f}{r['bytes_all_fields'] / 1e6:>9.2f}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
-    torch.set_num_threads(args.threads)
-    try:
-        import cv2
-        cv2.setNumThreads(args.threads)
-    except ImportError:
-        pass
+    torch.set_num_threads(1)
     store = Path(args.store)
     try:
         all_rows = read_catalog(store)
@@ -136,14 +198,19 @@ def main(argv: list[str] | None = None) -> int:
             results.append(measure(store, combo, all_rows, on_disk, args))
         except StoreError as exc:
             skipped[combo] = str(exc)
-    print(f"store {store}, split {args.split}, {args.threads} thread(s), batch {args.batch_size}; "
-          "MB = bytes read from each field's tars")
-    print(format_table(results, on_disk))
+        print(f"  measured {combo}", file=sys.stderr, flush=True)
+    if args.lip and "lip" in on_disk:
+        results.append(lip_rate(store, args))
+    print(f"store {store}, split {args.split}, batch {args.batch_size}, image scale {args.image_scale}; "
+          "0w /core = windows/s per core cutting in this process (CPU time); Nw win/s = windows/s "
+          "drained from N loader workers (wall); Nw /cpu-s = the same per CPU second of workers + "
+          "this process; MB = bytes read from each field's tars")
+    print(format_table(results, on_disk, args.workers))
     for combo, why in skipped.items():
         print(f"skipped {combo}: {why}")
-    report = {"store": str(store), "split": args.split, "threads": args.threads,
-              "batch_size": args.batch_size, "fields_on_disk": on_disk, "results": results,
-              "skipped": skipped}
+    report = {"store": str(store), "split": args.split, "batch_size": args.batch_size,
+              "image_scale": args.image_scale, "workers": args.workers, "fields_on_disk": on_disk,
+              "results": results, "skipped": skipped}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

@@ -180,8 +180,8 @@ def _layout(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def stack_windows(utts: Sequence[Utterance], name: str, starts: Sequence[tuple[int, int]]
-                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def raw_windows(utts: Sequence[Utterance], name: str, starts: Sequence[tuple[int, int]]
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Raw windows of field `name` at (utterance index, start frame) pairs, stacked, with the
     per-pair normalisation offsets and the field's scale (None where the field has none)."""
     x = torch.from_numpy(np.stack([raw_window(utts[i], name, t) for i, t in starts]))
@@ -194,17 +194,22 @@ def stack_windows(utts: Sequence[Utterance], name: str, starts: Sequence[tuple[i
 def model_windows(utts: Sequence[Utterance], name: str, starts: Sequence[tuple[int, int]],
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """Model-ready windows on `device` (evaluation's per-utterance embedding)."""
-    x, off, scale = stack_windows(utts, name, starts)
+    x, off, scale = raw_windows(utts, name, starts)
     device = torch.device(device)
     return _layout(normalise(x.to(device), name, None if off is None else off.to(device),
                              None if scale is None else scale.to(device)))
 
 
+def stack_windows(utts: Sequence[Utterance], name: str, starts: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Model-ready windows on the CPU (callers move them: `stack_windows(...).to(device)`)."""
+    return model_windows(utts, name, starts, "cpu")
+
+
 def make_batch(pairs: Sequence[Pair], utts: Sequence[Utterance], pool: Sequence[Utterance],
                audio: str, visual: str) -> Batch:
     """The raw windows of `pairs` (visual from `utts`, audio from the sampler's `pool`)."""
-    v, v_off, v_scale = stack_windows(utts, visual, [(p.v_utt, p.v_t) for p in pairs])
-    a, a_off, a_scale = stack_windows(pool, audio, [(p.a_utt, p.a_t) for p in pairs])
+    v, v_off, v_scale = raw_windows(utts, visual, [(p.v_utt, p.v_t) for p in pairs])
+    a, a_off, a_scale = raw_windows(pool, audio, [(p.a_utt, p.a_t) for p in pairs])
     return Batch(v, a, torch.tensor([p.label for p in pairs], dtype=torch.float32),
                  torch.tensor([KINDS.index(p.kind) for p in pairs], dtype=torch.long),
                  visual, audio, v_off, a_off, v_scale, a_scale)

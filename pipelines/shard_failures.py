@@ -25,14 +25,27 @@ from catalog.tars import TarWriter
 from features.fields import ERROR_EXT, FIELDS
 
 STAGE = "worker"
-FAULT_ENV = "UNISYNC_FAULT_SHARDS"  # tests: "<dataset>-<shard_id>,..." whose worker exits at once
+FAULT_ENV = "UNISYNC_FAULT_SHARDS"  # tests: "<dataset>-<shard_id>[:oom],..." shards whose worker dies
+OOM_CAP_BYTES = 6 << 30  # the `oom` fault stops growing here (then exits) if nothing killed it
 
 
 def inject_fault(dataset: str, shard_id: int) -> None:
-    """Kill this worker process as the memory monitor or a crash would, when the test asks."""
-    wanted = {s.strip() for s in os.environ.get(FAULT_ENV, "").split(",") if s.strip()}
-    if f"{dataset}-{shard_id}" in wanted:
-        os._exit(137)  # no exception, no cleanup: the process is gone, as after SIGKILL
+    """Make this worker die, when a test asks: at once (`<dataset>-<id>`, as after SIGKILL), or
+    by growing its memory until Ray's memory monitor kills it (`<dataset>-<id>:oom`)."""
+    wanted = dict((s.strip().split(":") + [""])[:2] for s in os.environ.get(FAULT_ENV, "").split(",") if s.strip())
+    mode = wanted.get(f"{dataset}-{shard_id}")
+    if mode is None:
+        return
+    if mode == "oom":
+        import time
+
+        import numpy as np
+
+        hog = []
+        while sum(a.nbytes for a in hog) < OOM_CAP_BYTES:
+            hog.append(np.ones(64 << 20, np.uint8))  # touched pages: real resident memory
+            time.sleep(0.05)
+    os._exit(137)  # no exception, no cleanup: the process is gone
 
 
 def classify(exc: BaseException) -> tuple[bool, str]:

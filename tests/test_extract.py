@@ -174,3 +174,25 @@ def test_a_shard_whose_worker_always_dies_ends_as_error_rows_and_the_job_exits(c
     assert all(u["status"] == "ok" for u in utts if u["shard_id"] == 3)
     assert verify(store)["ok"]
     assert json.loads((store / "extract_report.json").read_text())["frames_extracted"] > 0
+
+
+@pytest.mark.skipif(os.environ.get("UNISYNC_OOM_TEST") != "1",
+                    reason="allocates ~1.5 GB on the host until Ray's memory monitor kills it; opt in with "
+                           "UNISYNC_OOM_TEST=1 (the injected-death test above covers the same driver path)")
+def test_a_shard_killed_by_rays_memory_monitor_every_time_ends_as_error_rows(corpus, tmp_path):
+    """The real OOM path: Ray's memory monitor (threshold just above the host's current use)
+    kills shard 3's worker, which grows its memory, on every attempt; Ray itself would retry
+    such a kill forever (task_oom_retries = -1); the job ends with the cause in the rows."""
+    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    total, available = (int(info[k].split()[0]) * 1024 for k in ("MemTotal", "MemAvailable"))
+    threshold = (total - available + (3 << 29)) / total
+    store = tmp_path / "store"
+    cmd = [sys.executable, str(REPO / "pipelines" / "extract.py"), "--dataset", "folder", "--root", str(corpus),
+           "--store", str(store), "--workers", "1", "--shard-size", "2", "--fields", "audio", "meta",
+           "--max-retries", "1"]
+    env = {**os.environ, "RAY_ADDRESS": "", "UNISYNC_FAULT_SHARDS": "folder-3:oom",
+           "RAY_memory_usage_threshold": f"{threshold:.3f}"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    errors = [e for e in pq.read_table(table_path(store, "errors")).to_pylist() if e["shard_id"] == 3]
+    assert errors and all("after 2 attempt(s): out of memory" in e["reason"] for e in errors), errors

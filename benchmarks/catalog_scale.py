@@ -42,6 +42,7 @@ if str(REPO) not in sys.path:
 DATASET = "bench"
 FIELDS = ["landmarks", "mel", "meta"]
 TRAIN_FRAMES = 25  # utterances of the train shards: 1 s, 21 windows
+MARKER = "fabricated.json"  # written last: the store is complete (--keep stores are reused)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,7 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--buffer-shards", type=int, default=4, help="trainer --buffer-shards (default: 4)")
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "unisync-catalog-scale",
                    help="working folder (default: %(default)s)")
-    p.add_argument("--keep", action="store_true", help="keep the fabricated stores")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the fabricated stores, and reuse kept ones of the same size")
     p.add_argument("--phase", choices=["fabricate", "build", "verify", "trainer"], default=None,
                    help=argparse.SUPPRESS)  # internal: run one phase in this process
     p.add_argument("--store", type=Path, default=None, help=argparse.SUPPRESS)
@@ -65,6 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _peak_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _cpu() -> float:
+    """CPU seconds of this process (all threads): what the phase cost, whatever else the machine ran."""
+    return time.process_time()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +132,10 @@ def fabricate(store: Path, n: int, per_speaker: int = 100, train_shards: int = 8
             write_sidecar(store, DATASET, field, shard_id, REGISTRY[field].version,
                           [{"utt_id": r["utt_id"], "status": "ok", "bytes": len(data), "sha256": sha256(data)}
                            for r in rows], tar)
-    return {"shards": len(shards), "mean_utterances_per_shard": round(n / len(shards), 1)}
+    out = {"utterances": n, "shards": len(shards), "mean_utterances_per_shard": round(n / len(shards), 1),
+           "per_speaker": per_speaker, "train_shards": train_shards, "shard_minutes": shard_minutes}
+    (store / MARKER).write_text(json.dumps(out))
+    return out
 
 
 def _tar(store: Path, field: str, shard_id: int) -> Path:
@@ -141,18 +151,19 @@ def phase_build(store: Path) -> dict:
     from catalog.build import build_catalog
     from catalog.plan import read_plan
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu()
     tables = build_catalog(store, read_plan(store), FIELDS)
-    return {"seconds": round(time.perf_counter() - started, 2), "rows": tables["utterances"].num_rows,
-            "peak_mb": _peak_mb()}
+    return {"seconds": round(time.perf_counter() - started, 2), "cpu_seconds": round(_cpu() - cpu, 2),
+            "rows": tables["utterances"].num_rows, "peak_mb": _peak_mb()}
 
 
 def phase_verify(store: Path) -> dict:
     from catalog.verify import verify
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu()
     report = verify(store, fields=["meta"])
-    return {"seconds": round(time.perf_counter() - started, 2), "ok": report["ok"],
+    return {"seconds": round(time.perf_counter() - started, 2), "cpu_seconds": round(_cpu() - cpu, 2),
+            "ok": report["ok"], "walked_tars": report["checked"]["walked"],
             "members": report["checked"]["members"], "bytes": report["checked"]["bytes"],
             "problems": report["n_problems"], "peak_mb": _peak_mb()}
 
@@ -162,13 +173,14 @@ def phase_trainer(store: Path, buffer_shards: int) -> dict:
 
     from training.loader import RankData
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu()
     data = RankData.from_store(str(store), "mel", "landmarks", rank=0, world=1, workers=0,
                                buffer_shards=buffer_shards)
     spec_s = time.perf_counter() - started
     batch = next(data.batches(0))
-    return {"seconds": round(time.perf_counter() - started, 2), "spec_seconds": round(spec_s, 2),
-            "batch_pairs": int(len(batch.labels)) if hasattr(batch, "labels") else None,
+    return {"seconds": round(time.perf_counter() - started, 2), "cpu_seconds": round(_cpu() - cpu, 2),
+            "spec_seconds": round(spec_s, 2),
+            "batch_pairs": int(len(batch.label)),
             "train_shards": len(data.spec.all_shards), "peak_mb": _peak_mb()}
 
 
@@ -207,8 +219,12 @@ def main(argv=None) -> int:
                     "runs": {}}
     for n in args.utterances:
         store = args.out / f"store-{n}"
-        shutil.rmtree(store, ignore_errors=True)
-        run = {"fabricate": _subprocess(args, "fabricate", store, n)}
+        marker = store / MARKER
+        if args.keep and marker.exists() and json.loads(marker.read_text()).get("utterances") == n:
+            run = {"fabricate": {"reused": str(store), **json.loads(marker.read_text())}}
+        else:
+            shutil.rmtree(store, ignore_errors=True)
+            run = {"fabricate": _subprocess(args, "fabricate", store, n)}
         for phase in ("build", "verify", "trainer"):
             run[phase] = _subprocess(args, phase, store, n)
             print(f"{n} {phase}: {run[phase]}", file=sys.stderr, flush=True)

@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     s = command("verify", "check every tar of every field against the catalog (exit 1 on any problem)")
     s.add_argument("--dataset", default=None, help="only this dataset")
     s.add_argument("--fields", nargs="+", default=None, help="only these fields (unset: every field in store.json)")
+    s.add_argument("--deep", action="store_true",
+                   help="parse every tar member by member, also tars whose SHA-256 matches the catalog")
     return p
 
 
@@ -109,12 +111,12 @@ def _run(args):
 
         table = run_sql(args.store, args.query, args.threads)
         rows = table.to_pylist()
-        text = to_csv(table) if args.csv else format_rows(rows) + f"\n({len(rows)} rows)"
+        text = to_csv(table) if args.csv else (format_rows(rows) + "\n" if rows else "") + f"({len(rows)} rows)"
         return rows, text, 0
     if args.command == "verify":
         from catalog.verify import format_verify, verify
 
-        r = verify(args.store, args.dataset, args.fields)
+        r = verify(args.store, args.dataset, args.fields, deep=args.deep)
         return r, format_verify(r), 0 if r["ok"] else 1
     raise AssertionError(args.command)
 

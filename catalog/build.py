@@ -13,16 +13,16 @@ sync pass's `sync`), contributes only its columns.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from catalog.layout import field_dir, table_path, tar_path
-from catalog.plan import PLAN_COLUMNS, PLAN_SCHEMA, write_plan
+from catalog.plan import PLAN_COLUMNS, PLAN_SCHEMA, plan_table, write_plan
 from catalog.sidecar import read_sidecar
-from catalog.splits import assign_splits
+from catalog.splits import assign_split_column
 
 SPEAKER_SOURCE = {  # what a corpus's speaker_id really is; LRS2 has no speaker labels
     "folder": "parent folder name",
@@ -67,27 +67,38 @@ def _column_fields(store: Path, datasets: set[str], fields: list[str]) -> dict[s
     return out
 
 
-def build_catalog(store: Path, plan: list[dict], fields: list[str], val: float = 0.1,
+def build_catalog(store: Path, plan: list[dict] | pa.Table, fields: list[str], val: float = 0.1,
                   test: float = 0.1, seed: int = 0) -> dict[str, pa.Table]:
-    """All five tables for every planned utterance; missing sidecars read as 'missing'."""
+    """All five tables for every planned utterance; missing sidecars read as 'missing'.
+
+    Column-wise: the plan stays an Arrow table sorted by (dataset, shard_id, index_in_shard), so
+    each shard is a contiguous range of rows; results are per-column Python lists indexed by row.
+    """
     store = Path(store)
-    rows: dict[tuple[str, str], dict] = {}
-    shards: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for r in plan:
-        row = {c: r.get(c) for c in PLAN_COLUMNS}
-        row["status"] = "ok"
-        rows[(r["dataset"], r["utt_id"])] = row
-        shards[(r["dataset"], r["shard_id"])].append(row)
-    extra_columns: dict[str, None] = {}  # column names sidecars brought, in first-seen order
+    table = plan if isinstance(plan, pa.Table) else plan_table(plan)
+    table = table.select(PLAN_COLUMNS).cast(PLAN_SCHEMA).sort_by(
+        [("dataset", "ascending"), ("shard_id", "ascending"), ("index_in_shard", "ascending")])
+    n = table.num_rows
+    datasets, utt_ids = table["dataset"].to_pylist(), table["utt_id"].to_pylist()
+    position = {(ds, u): i for i, (ds, u) in enumerate(zip(datasets, utt_ids))}
+    ranges = _shard_ranges(datasets, table["shard_id"].to_pylist())
+    status = ["ok"] * n
+    results: dict[str, list] = {}  # field_<name> and sidecar columns, one value per row
+
+    def column(name: str) -> list:
+        if name not in results:
+            results[name] = [None] * n
+        return results[name]
+
     field_rows, error_rows = [], []
-    column_only = _column_fields(store, {ds for ds, _ in shards}, fields)
-    for (dataset, shard_id), members in sorted(shards.items()):
+    column_only = _column_fields(store, set(datasets), fields)
+    for (dataset, shard_id), (lo, hi) in ranges.items():
         for field in fields:
+            states = column(f"field_{field}")
             side = read_sidecar(store, dataset, field, shard_id)
             if side is None:
-                for row in members:
-                    row[f"field_{field}"] = "missing"
-                    row["status"] = "incomplete"
+                states[lo:hi] = ["missing"] * (hi - lo)
+                status[lo:hi] = ["incomplete"] * (hi - lo)
                 continue
             entries = side["members"]
             field_rows.append({
@@ -96,41 +107,56 @@ def build_catalog(store: Path, plan: list[dict], fields: list[str], val: float =
                 "n_members": side["n_members"], "n_ok": sum(m["status"] == "ok" for m in entries),
                 "bytes": side["bytes"], "sha256": side["sha256"]})
             for m in entries:
-                row = rows[(dataset, m["utt_id"])]
-                row[f"field_{field}"] = m["status"]
+                i = position.get((dataset, m["utt_id"]))
+                if i is None:  # a stale sidecar entry: verify reports it
+                    continue
+                states[i] = m["status"]
                 if field == "meta":
                     for k in LEGACY_META_COLUMNS:
                         if k in m:
-                            row[k] = m[k]
-                if m.get("columns"):
-                    row.update(m["columns"])
-                    extra_columns.update(dict.fromkeys(m["columns"]))
+                            column(k)[i] = m[k]
+                for k, v in (m.get("columns") or {}).items():
+                    column(k)[i] = v
                 if m["status"] != "ok":
-                    row["status"] = "error" if row["status"] != "incomplete" else row["status"]
+                    if status[i] != "incomplete":
+                        status[i] = "error"
                     error_rows.append({"utt_id": m["utt_id"], "dataset": dataset, "shard_id": shard_id,
                                        "field": field, "stage": m.get("stage"), "reason": m.get("reason")})
         for name in column_only[dataset]:
             side = read_sidecar(store, dataset, name, shard_id, need_tar=False)
             for m in (side or {}).get("members", []):
-                if m.get("columns") and (dataset, m.get("utt_id")) in rows:
-                    rows[(dataset, m["utt_id"])].update(m["columns"])
-                    extra_columns.update(dict.fromkeys(m["columns"]))
-    utts = [row for _, members in sorted(shards.items()) for row in
-            sorted(members, key=lambda r: r["index_in_shard"])]
-    assign_splits(utts, val=val, test=test, seed=seed)
-    for r in utts:
-        n = r.get("n_frames")
-        r["duration_s"] = n / 25.0 if n is not None else None
+                i = position.get((dataset, m.get("utt_id")))
+                if i is not None:
+                    for k, v in (m.get("columns") or {}).items():
+                        column(k)[i] = v
+    del position
+    speakers = table["speaker_id"].to_pylist()
+    split = assign_split_column(datasets, speakers, val=val, test=test, seed=seed)
+    frames = results.get("n_frames", [None] * n)
+    duration = [f / 25.0 if f is not None else None for f in frames]
+    utterances = _utterance_table(table, {"split": split, "status": status, "duration_s": duration, **results},
+                                  fields)
     tables = {
-        "utterances": _utterance_table(utts, fields, list(extra_columns)),
-        "speakers": _speaker_table(utts),
-        "shards": _shard_table(shards),
+        "utterances": utterances,
+        "speakers": _speaker_table(utterances),
+        "shards": _shard_table(utterances),
         "fields": pa.Table.from_pylist(field_rows, schema=_FIELD_SCHEMA),
         "errors": pa.Table.from_pylist(error_rows, schema=_ERROR_SCHEMA),
     }
-    for name, table in tables.items():
-        write_table(store, name, table)
+    for name, t in tables.items():
+        write_table(store, name, t)
     return tables
+
+
+def _shard_ranges(datasets: list[str], shard_ids: list[int]) -> dict[tuple[str, int], tuple[int, int]]:
+    """(dataset, shard_id) -> [lo, hi) row range, for rows sorted by dataset and shard."""
+    out: dict[tuple[str, int], tuple[int, int]] = {}
+    lo = 0
+    for i in range(1, len(datasets) + 1):
+        if i == len(datasets) or datasets[i] != datasets[lo] or shard_ids[i] != shard_ids[lo]:
+            out[(datasets[lo], shard_ids[lo])] = (lo, i)
+            lo = i
+    return out
 
 
 _FIELD_SCHEMA = pa.schema([("dataset", pa.string()), ("shard_id", pa.int32()), ("field", pa.string()),
@@ -148,40 +174,39 @@ def _column(values: list, typ: pa.DataType | None) -> pa.Array:
             return pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed kinds: keep them readable as JSON text
             return pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
-    if pa.types.is_integer(typ):
-        values = [int(v) if isinstance(v, float) and v.is_integer() else v for v in values]
-    return pa.array(values, typ)
+    try:
+        return pa.array(values, typ)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        if not pa.types.is_integer(typ):
+            raise
+        return pa.array([int(v) if isinstance(v, float) and v.is_integer() else v for v in values], typ)
 
 
-def _utterance_table(utts: list[dict], fields: list[str], extra: list[str]) -> pa.Table:
+def _utterance_table(plan: pa.Table, results: dict[str, list], fields: list[str]) -> pa.Table:
     """Plan columns, results, the base quality columns, field statuses, then sidecar columns."""
-    names = list(PLAN_COLUMNS) + [n for n, _ in RESULT_COLUMNS] + list(_BASE_QUALITY)
-    names += [f"field_{f}" for f in fields]
-    names += [c for c in extra if c not in names]
-    types = {**{f.name: f.type for f in PLAN_SCHEMA}, **dict(RESULT_COLUMNS), **COLUMN_TYPES,
-             **{f"field_{f}": pa.string() for f in fields}}
-    arrays = [_column([r.get(c) for r in utts], types.get(c)) for c in names]
-    return pa.Table.from_arrays(arrays, names=names)
+    names = [n for n, _ in RESULT_COLUMNS] + list(_BASE_QUALITY) + [f"field_{f}" for f in fields]
+    names += [c for c in results if c not in names and c not in PLAN_COLUMNS]
+    types = {**dict(RESULT_COLUMNS), **COLUMN_TYPES, **{f"field_{f}": pa.string() for f in fields}}
+    empty = [None] * plan.num_rows
+    arrays = list(plan.columns) + [_column(results.get(c, empty), types.get(c)) for c in names]
+    return pa.Table.from_arrays(arrays, names=list(plan.column_names) + names)
 
 
-def _speaker_table(utts: list[dict]) -> pa.Table:
-    speakers: dict[tuple, dict] = {}
-    for r in utts:
-        s = speakers.get((r["dataset"], r["speaker_id"]))
-        if s is None:
-            s = speakers[(r["dataset"], r["speaker_id"])] = {
-                "speaker_id": r["speaker_id"], "dataset": r["dataset"], "n_utterances": 0, "n_ok": 0,
-                "total_duration_s": 0.0, "split": r["split"],
-                "speaker_source": SPEAKER_SOURCE.get(r["dataset"], "corpus speaker label"),
-                "official_splits": set()}
-        if r.get("official_split"):
-            s["official_splits"].add(r["official_split"])
-        s["n_utterances"] += 1
-        s["n_ok"] += r["status"] == "ok"
-        s["total_duration_s"] += r["duration_s"] or 0.0
-    for s in speakers.values():  # every official split the speaker has utterances in, sorted
-        s["official_splits"] = ",".join(sorted(s["official_splits"]))
-    return pa.Table.from_pylist([speakers[k] for k in sorted(speakers)], schema=_SPEAKER_SCHEMA)
+def _speaker_table(utts: pa.Table) -> pa.Table:
+    """One row per (dataset, speaker): counts, hours, split and every official split it appears in."""
+    t = utts.select(["dataset", "speaker_id", "utt_id", "status", "duration_s", "split", "official_split"])
+    t = t.append_column("is_ok", pc.cast(pc.equal(t["status"], "ok"), pa.int64()))
+    t = t.set_column(t.column_names.index("duration_s"), "duration_s", pc.fill_null(t["duration_s"], 0.0))
+    g = t.group_by(["dataset", "speaker_id"], use_threads=False).aggregate([
+        ("utt_id", "count"), ("is_ok", "sum"), ("duration_s", "sum"), ("split", "first"),
+        ("official_split", "distinct")])
+    g = g.sort_by([("dataset", "ascending"), ("speaker_id", "ascending")])
+    official = [",".join(sorted(s for s in splits if s)) for splits in g["official_split_distinct"].to_pylist()]
+    source = [SPEAKER_SOURCE.get(ds, "corpus speaker label") for ds in g["dataset"].to_pylist()]
+    return pa.Table.from_arrays(
+        [g["speaker_id"], g["dataset"], g["utt_id_count"], g["is_ok_sum"], g["duration_s_sum"],
+         g["split_first"], pa.array(source, pa.string()), pa.array(official, pa.string())],
+        schema=_SPEAKER_SCHEMA)
 
 
 _SPEAKER_SCHEMA = pa.schema([("speaker_id", pa.string()), ("dataset", pa.string()), ("n_utterances", pa.int64()),
@@ -192,17 +217,18 @@ _SHARD_SCHEMA = pa.schema([("dataset", pa.string()), ("shard_id", pa.int32()), (
                            ("n_frames", pa.int64()), ("planned_seconds", pa.float64())])
 
 
-def _shard_table(shards: dict[tuple[str, int], list[dict]]) -> pa.Table:
-    """One row per shard from its own members (each utterance is visited once)."""
-    out = []
-    for (dataset, shard_id), members in sorted(shards.items()):
-        members = sorted(members, key=lambda r: r["index_in_shard"])
-        out.append({"dataset": dataset, "shard_id": shard_id, "n_utterances": len(members),
-                    "first_utt": members[0]["utt_id"], "last_utt": members[-1]["utt_id"],
-                    "n_ok": sum(r["status"] == "ok" for r in members),
-                    "n_frames": sum(r.get("n_frames") or 0 for r in members),
-                    "planned_seconds": sum(r.get("planned_seconds") or 0.0 for r in members)})
-    return pa.Table.from_pylist(out, schema=_SHARD_SCHEMA)
+def _shard_table(utts: pa.Table) -> pa.Table:
+    """One row per shard from its own members (rows are in plan order, so first/last are ordered)."""
+    t = utts.select(["dataset", "shard_id", "utt_id", "status", "n_frames", "planned_seconds"])
+    t = t.append_column("is_ok", pc.cast(pc.equal(t["status"], "ok"), pa.int64()))
+    t = t.set_column(t.column_names.index("n_frames"), "n_frames", pc.cast(t["n_frames"], pa.int64()))
+    g = t.group_by(["dataset", "shard_id"], use_threads=False).aggregate([
+        ("utt_id", "count"), ("utt_id", "first"), ("utt_id", "last"), ("is_ok", "sum"),
+        ("n_frames", "sum"), ("planned_seconds", "sum")])
+    g = g.sort_by([("dataset", "ascending"), ("shard_id", "ascending")])
+    return pa.Table.from_arrays(
+        [g["dataset"], g["shard_id"], g["utt_id_count"], g["utt_id_first"], g["utt_id_last"], g["is_ok_sum"],
+         pc.fill_null(g["n_frames_sum"], 0), pc.fill_null(g["planned_seconds_sum"], 0.0)], schema=_SHARD_SCHEMA)
 
 
 def read_table(store: Path, name: str) -> pa.Table:

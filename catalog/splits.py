@@ -28,10 +28,17 @@ def speaker_disjoint_splits(speakers: list[str], val: float = 0.1, test: float =
 
 
 def assign_splits(rows: list[dict], val: float = 0.1, test: float = 0.1, seed: int = 0) -> None:
-    """Set each row's 'split' in place, speaker-disjoint within each dataset (one pass to group)."""
-    speakers: dict[str, set[str]] = {}
-    for r in rows:
-        speakers.setdefault(r["dataset"], set()).add(r["speaker_id"])
-    splits = {ds: speaker_disjoint_splits(list(spk), val=val, test=test, seed=seed) for ds, spk in speakers.items()}
-    for r in rows:
-        r["split"] = splits[r["dataset"]][r["speaker_id"]]
+    """Set each row's 'split' in place, speaker-disjoint within each dataset."""
+    column = assign_split_column([r["dataset"] for r in rows], [r["speaker_id"] for r in rows], val, test, seed)
+    for r, split in zip(rows, column):
+        r["split"] = split
+
+
+def assign_split_column(datasets: list[str], speakers: list[str], val: float = 0.1, test: float = 0.1,
+                        seed: int = 0) -> list[str]:
+    """The split of each row given its dataset and speaker columns (column-wise assign_splits)."""
+    per: dict[str, set[str]] = {}
+    for ds, spk in zip(datasets, speakers):
+        per.setdefault(ds, set()).add(spk)
+    splits = {ds: speaker_disjoint_splits(list(spk), val=val, test=test, seed=seed) for ds, spk in per.items()}
+    return [splits[ds][spk] for ds, spk in zip(datasets, speakers)]

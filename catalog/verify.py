@@ -9,6 +9,12 @@ For each planned shard of each dataset and each field of the store (store.json),
     (and per-member sha256 when a sidecar records it);
   - no tar lies outside the plan, and no utterance is missing from or repeated across a field's tars.
 Every problem names the dataset, shard, field and tar path.
+
+Speed: every tar is read and hashed in full. A tar whose SHA-256 and size equal both the catalog's
+and its sidecar's is byte for byte what TarWriter wrote and recorded, so its members are taken
+from the sidecar (checked against the plan and the catalog's statuses) without parsing it again;
+any other tar is walked member by member to name the damage. `deep=True` (--deep) walks every
+tar (about 50 us of CPU per member: minutes for a million utterances per field).
 """
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ def _read_tar(path: Path) -> tuple[list[tuple[str, int, str]], str | None]:
 
 
 def verify(store: Path, dataset: str | None = None, fields: list[str] | None = None,
-           max_listed: int = 20) -> dict:
+           max_listed: int = 20, deep: bool = False) -> dict:
     """The verification report: {"ok", "problems": [...], "lost", "duplicated", "checked", ...}."""
     store = Path(store)
     table = read_table(store, "utterances")
@@ -74,7 +80,7 @@ def verify(store: Path, dataset: str | None = None, fields: list[str] | None = N
             problem(ds, shard_id, "-", "bad plan", "index_in_shard is not 0..n-1 in order")
 
     key_counts: dict[tuple[str, str], Counter] = {}
-    checked = {"tars": 0, "members": 0, "bytes": 0}
+    checked = {"tars": 0, "members": 0, "bytes": 0, "walked": 0}
     for (ds, shard_id), rows in sorted(plan.items()):
         expected = [r["key"] for r in rows]
         row_of_key = {r["key"]: r for r in rows}
@@ -112,6 +118,12 @@ def verify(store: Path, dataset: str | None = None, fields: list[str] | None = N
                             "sha256, bytes or n_members differ")
                 if [m.get("utt_id") for m in side.get("members", [])] != [r["utt_id"] for r in rows]:
                     problem(ds, shard_id, field, "sidecar disagrees with plan", "member utterances or order differ")
+            if (not deep and row is not None and side is not None and size == row["bytes"] == side.get("bytes")
+                    and digest == row["sha256"] == side.get("sha256")):
+                _check_trusted(problem, ds, shard_id, field, rows, side, counts)
+                checked["members"] += side.get("n_members", 0)
+                continue
+            checked["walked"] += 1
             members, error = _read_tar(tar)
             if error:
                 problem(ds, shard_id, field, "unreadable tar", error)
@@ -197,6 +209,21 @@ def verify(store: Path, dataset: str | None = None, fields: list[str] | None = N
             "warnings": warnings}
 
 
+def _check_trusted(problem, ds: str, shard_id: int, field: str, rows: list[dict], side: dict,
+                   counts: Counter) -> None:
+    """A tar identical to what its sidecar records: its members are the sidecar's entries (already
+    checked against the plan); check their statuses against the catalog and count the keys."""
+    entries = side.get("members", [])
+    for utt, entry in zip(rows, entries):
+        if entry.get("utt_id") != utt["utt_id"]:
+            break  # reported as "sidecar disagrees with plan"
+        counts[utt["key"]] += 1
+        status = utt.get(f"field_{field}")
+        if status not in (None, "ok", "error") or (status is not None and status != entry.get("status")):
+            problem(ds, shard_id, field, "status mismatch",
+                    f"{utt['utt_id']}: catalog says {status!r}, sidecar says {entry.get('status')!r}")
+
+
 def _samples(members: list[tuple[str, int, str]]) -> list[tuple[str, list[tuple[str, int, str]]]]:
     """Group consecutive members with the same key (the name up to its first dot), as WebDataset does."""
     out: list[tuple[str, list]] = []
@@ -232,7 +259,8 @@ def _compare_order(problem, ds, shard_id, field, keys: list[str], expected: list
 
 def format_verify(r: dict) -> str:
     c = r["checked"]
-    head = (f"{'OK' if r['ok'] else 'FAILED'}: {c['tars']} tars ({c['bytes'] / 1e6:.2f} MB), {c['members']} members, "
+    head = (f"{'OK' if r['ok'] else 'FAILED'}: {c['tars']} tars ({c['bytes'] / 1e6:.2f} MB), {c['members']} members "
+            f"({c.get('walked', 0)} tars parsed member by member, the rest match their recorded SHA-256), "
             f"{c['utterances']} utterances in {c['shards']} shards x {len(r['fields'])} fields "
             f"({', '.join(r['fields'])}); {r['n_problems']} problem(s), {r['n_lost']} lost, "
             f"{r['n_duplicated']} duplicated")

@@ -122,7 +122,9 @@ def test_summary_and_verify_from_the_command_line(store):
         out = json.loads(proc.stdout)
         if command == "verify":
             assert out["ok"] and out["checked"]["tars"] == 4 * 3 and out["checked"]["members"] == 7 * 3
-            assert out["n_lost"] == 0 and out["n_duplicated"] == 0
+            assert out["n_lost"] == 0 and out["n_duplicated"] == 0 and out["checked"]["walked"] == 0
+            deep = verify(store, deep=True)
+            assert deep["ok"] and deep["checked"]["walked"] == 4 * 3 and deep["checked"]["members"] == 7 * 3
         else:
             assert out["utterances"] == 7 and out["ok"] == 7
             assert {f: (v["ok"], v["utterances"], v["shards"]) for f, v in out["fields"].items()} == {
@@ -176,6 +178,7 @@ def test_verify_names_shard_and_field_of_damage(store, tmp_path, capsys, damage,
     damage(tar_path(copy, "lrs2", field, 1))
     report = verify(copy)
     assert not report["ok"]
+    assert report["problems"] == verify(copy, deep=True)["problems"]  # the fast path hides nothing
     kinds = {p["problem"] for p in report["problems"]}
     assert expected <= kinds, report["problems"]
     assert {(p["shard"], p["field"]) for p in report["problems"]} == {("lrs2-000001", field)}

@@ -39,13 +39,35 @@ def decode_fps(path: Path) -> tuple[float, int]:
     return n / (time.perf_counter() - started), n
 
 
+PEAK_RSS = """
+import resource, sys
+sys.path.insert(0, sys.argv[1])
+from features.shots import _FaceSampler, probe_video
+import scenedetect, av
+_FaceSampler().close()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if sys.argv[2] != "-":
+    probe_video(sys.argv[2])
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def probe_peak_rss_mb(path: Path) -> tuple[float, float]:
+    """(peak RSS of a process that only loads the probe's libraries, peak after probing `path`), MB."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(REPO), str(path)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return int(out[0]) / 1024, int(out[1]) / 1024
+
+
 def scenedetect_cuts(path: Path) -> tuple[list[float], float]:
     from scenedetect import ContentDetector, detect
 
     started = time.perf_counter()
     scenes = detect(str(path), ContentDetector())
     seconds = time.perf_counter() - started
-    return [round(s[0].get_seconds(), 4) for s in scenes[1:]], seconds
+    return [round(s[0].seconds, 4) for s in scenes[1:]], seconds
 
 
 def agreement(found: list[float], truth: list[float], tol: float) -> dict:
@@ -80,6 +102,7 @@ def main(argv=None) -> int:
             probe = probe_video(path)
             sd_cuts, sd_seconds = scenedetect_cuts(path)
             tol = 1.0 / 25 + 1e-6
+            rss_base, rss_peak = probe_peak_rss_mb(path)
             row = {"size": size, "frames": n, "seconds": round(n / 25, 2), "true_cuts": truth,
                    "decode_fps": round(dec, 1),
                    "shots_fps": round(n / shots.seconds, 1), "probe_fps": round(n / probe.seconds, 1),
@@ -89,7 +112,8 @@ def main(argv=None) -> int:
                    "scenedetect_vs_truth": agreement(sd_cuts, truth, tol),
                    "probe_vs_scenedetect": agreement(probe.cuts_s, sd_cuts, tol),
                    "face_samples_without_face": sum(b is None for _, b in probe.faces),
-                   "face_samples": len(probe.faces)}
+                   "face_samples": len(probe.faces), "probe_rss_mb": [round(rss_base), round(rss_peak)],
+                   "frames_whole_mb": round(n * size * size * 3 / 2 ** 20)}
             results.append(row)
             print(f"{size}x{size}, {n} frames ({n / 25:.1f} s): decode {row['decode_fps']} fps | shots "
                   f"{row['shots_fps']} fps ({row['shots_fps'] / dec:.2f}x decode) | probe {row['probe_fps']} fps "
@@ -99,6 +123,8 @@ def main(argv=None) -> int:
                   f"        PySceneDetect {sd_cuts} {row['scenedetect_vs_truth']}; probe vs PySceneDetect "
                   f"{row['probe_vs_scenedetect']}; face samples without a face "
                   f"{row['face_samples_without_face']}/{row['face_samples']}")
+            print(f"  probe peak RSS {rss_peak:.0f} MB (libraries alone {rss_base:.0f} MB); the frames held whole "
+                  f"would take {row['frames_whole_mb']} MB")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -81,13 +81,14 @@ def init_ray(address: str | None, workers: int | None):
     return ray
 
 
-def extract_shard_task(dataset: str, shard_id: int, *args):
+def extract_shard_task(store: str, dataset: str, shard_id: int, rows: list[dict], fields: list[str],
+                       overwrite: bool, options: Options) -> dict:
     """The Ray task body: one shard (a test may ask it to die first, see shard_failures)."""
     from pipelines.shard_failures import inject_fault
     from pipelines.worker import extract_shard
 
     inject_fault(dataset, shard_id)
-    return extract_shard(args[0], dataset, shard_id, *args[1:])
+    return extract_shard(store, dataset, shard_id, rows, fields, overwrite, options)
 
 
 def run_shards(ray, store: Path, dataset: str, plan: list[dict], fields: list[str], overwrite: bool,
@@ -116,7 +117,7 @@ def run_shards(ray, store: Path, dataset: str, plan: list[dict], fields: list[st
     while pending or in_flight:
         while pending and len(in_flight) < limit:
             shard_id, attempt = pending.pop(0)
-            ref = task.remote(dataset, shard_id, str(store), shards[shard_id], fields, overwrite, options)
+            ref = task.remote(str(store), dataset, shard_id, shards[shard_id], fields, overwrite, options)
             in_flight[ref] = (shard_id, attempt)
         done, _ = ray.wait(list(in_flight), num_returns=1)
         shard_id, attempt = in_flight.pop(done[0])
@@ -145,6 +146,7 @@ def extract_fields(ray, store: Path, args: argparse.Namespace, plan: list[dict],
     GPU tasks when the cluster has GPUs (else they ran with the rest on CPUs). A shard that
     failed for good in one phase is left out of the later ones."""
     from pipelines.models import ensure_tdmm_model
+    from pipelines.shard_failures import write_failed_shard
 
     options = Options(hubert_model=hubert_model(args), hubert_layer=args.hubert_layer)
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
@@ -159,6 +161,9 @@ def extract_fields(ray, store: Path, args: argparse.Namespace, plan: list[dict],
             options.tdmm_model = ensure_tdmm_model(store, args.dataset, rest, refit=args.overwrite)
         more, failed = run_shards(ray, store, args.dataset, rest, phase, options=options, gpu=gpu, **run)
         frames, failures = frames + more, {**failures, **failed}
+    shards = shards_of(plan)
+    for shard_id, cause in failures.items():  # the later phases' fields of a failed shard: error rows too
+        write_failed_shard(store, args.dataset, shard_id, shards[shard_id], fields, cause)
     return frames, failures
 
 

@@ -135,3 +135,15 @@ def test_long_video_becomes_one_utterance_per_shot_in_sync(real_corpus, tmp_path
     assert again["frames_extracted"] == 0 and again["probe"]["videos_probed"] == 0
     assert {p: p.stat().st_mtime_ns for p in store.glob("probe/**/*.json")} == probe_files
     assert verify(store)["ok"]
+
+
+def test_unreadable_long_videos_are_planned_whole_so_extraction_names_the_cause(bad_inputs, tmp_path):
+    from pipelines.adapters import Utterance
+    from pipelines.probe import probe_path, probe_sources, segments_of
+
+    videos = [str(bad_inputs[k]) for k in ("empty", "text", "truncated")]
+    entries = probe_sources(str(tmp_path), "folder", videos, max_seconds=0.5)
+    assert [bool(e.get("error")) for e in entries] == [True, True, True], entries
+    assert not any(probe_path(tmp_path, "folder", v).exists() for v in videos), "errors are not cached"
+    utt = Utterance(utt_id="bad/empty", speaker_id="bad", video_path=videos[0])
+    assert segments_of(utt, entries[0], 0.5) == [utt]

@@ -1,13 +1,17 @@
 """UniSync sync-expert training on a unisync store (DESIGN.md, Training).
 
     combos.py    combo names, their fields and default margins
-    data.py      catalog rows -> only the combo's field tars, in lockstep -> Utterance objects;
-                 per-rank shard lists and the shard buffer (streaming)
+    data.py      catalog rows -> only the combo's field tars (catalog.tars.iter_shard) ->
+                 Utterance objects; per-rank shard lists and the shard buffer (streaming)
+    loader.py    the DataLoader: per-worker streams of the rank's shards, seeded samplers,
+                 exact resume; batches of raw uint8 / float16 windows
     sampler.py   seeded pairs: positives, same-speaker shifted and cross-speaker negatives
-    windows.py   5-frame windows of a batch of pairs on the shared timebase -> model inputs
+    windows.py   5-frame windows of a batch of pairs on the shared timebase; normalised on the device
     model.py     the dual-stream UniSync model (adapters, fixed pooling, shared trunks, cosine)
     loss.py      Eq. 1 margin BCE and the paper's Adam
     evaluate.py  balanced accuracy on fixed seeded pairs, offset detection; a CLI
-    fit.py       the training script (python training/fit.py --help; torchrun) and `train(args)`
+    config.py    TrainConfig: a run's typed settings and fit.py's command line
+    runtime.py   device, autocast, ranks (DDP), checkpoints
+    fit.py       the training script (python training/fit.py --help; torchrun) and `train(config)`
     ablate.py    the paper's Table IV / Table V grid on a store
 """

@@ -1,28 +1,30 @@
 """Read a store for training: the catalog rows, then ONLY the run's field tars, shard by shard.
 
 Each field is its own tar series (DESIGN.md, Store layout), so `mel_landmarks` never opens an rgb
-or hubert tar. For every shard the field tars are read with WebDataset's tar iterator in lockstep
-and their keys checked against each other and against the catalog's shard plan, so a misaligned
-series fails loudly instead of pairing one utterance's audio with another's face.
+or hubert tar. A shard's field tars are read in lockstep by the store's one reader
+(`catalog.tars.iter_shard`), which checks their keys against each other and against the
+catalog's shard plan, so a misaligned series fails loudly instead of pairing one utterance's
+audio with another's face.
 
 What stays in memory per utterance, and what is decoded when:
 
 | field | kept | per window |
 |---|---|---|
-| rgb | the JPEG-sequence bytes | only the window's 5 JPEGs are decoded |
-| mel, landmarks, hubert, tdmm (.npy) | a zero-copy view on the member bytes (float16 stays float16) | the window's rows are converted to float32 and normalised |
+| rgb, lip | the JPEG-sequence bytes | only the window's 5 JPEGs are decoded (libjpeg-turbo) |
+| mel, landmarks, hubert, tdmm (.npy) | a zero-copy view on the member bytes (float16 stays float16) | the window's rows, as stored |
 | parsing (.npy.gz) | the uint8 label maps (gzip is whole-member, so it is inflated once) | the window's rows |
 
-Distributed training (`rank_shards`): the train split's shards are dealt round-robin to the ranks,
-so each rank reads a disjoint shard list and the lists differ in length by at most one shard; with
-fewer shards than ranks a rank shares a shard rather than getting none (a rank with no data would
-hang DDP). Every rank then runs the same number of steps of the same batch size, drawing windows
-with replacement from its shards (WebDataset's `resampled=True`, at window level), so the work is
-equal whatever the shard sizes and no rank runs out of data.
+Distributed training (`rank_shards`): the train split's shards are dealt round-robin to the ranks
+(and again to a rank's loader workers, training/loader.py), so each reads a disjoint shard list
+and the lists differ in length by at most one shard; with fewer shards than ranks a rank shares a
+shard rather than getting none (a rank with no data would hang DDP). Every rank then runs the same
+number of steps of the same batch size, drawing windows with replacement from its shards
+(WebDataset's `resampled=True`, at window level), so no rank runs out of data.
 
-`stream_utterances` is a generator over shards; `ShardBuffer` (fit.py --buffer-shards N) keeps only
-N of a rank's shards in memory and swaps one for the next every --refresh-every steps, walking the
-rank's list in a new seeded order each pass (resampled epochs), for corpora that do not fit.
+`ShardBuffer` (fit.py --buffer-shards N) keeps only N shards in memory and swaps one for the next
+every --refresh-every steps, walking its list in a new seeded order each pass (resampled epochs),
+for corpora that do not fit. Start-up and every swap are linear: the catalog's shard plan and the
+rows are grouped once (`shard_plan`, `rows_by_shard`), never per shard.
 """
 from __future__ import annotations
 
@@ -85,15 +87,24 @@ def ext_of(name: str) -> str:
     return field_spec(name).ext
 
 
-def read_catalog(store: Path | str) -> list[dict]:
-    """Every row of `<store>/catalog/utterances.parquet`."""
+ROW_COLUMNS = ("utt_id", "key", "dataset", "speaker_id", "split", "shard_id", "index_in_shard", "n_frames")
+
+
+def read_catalog(store: Path | str, fields: Iterable[str] | None = None) -> list[dict]:
+    """Rows of `<store>/catalog/utterances.parquet`: every column, or with `fields` only what
+    the trainer reads (ROW_COLUMNS and those fields' status columns; a fraction of the bytes of a
+    wide catalog)."""
     import pyarrow.parquet as pq
 
     path = table_path(Path(store), "utterances")
     if not path.exists():
         raise StoreError(f"{path} does not exist: {store} is not an extracted store "
                          "(run pipelines/extract.py first)")
-    return pq.read_table(path).to_pylist()
+    if fields is None:
+        return pq.read_table(path).to_pylist()
+    names = set(pq.read_schema(path).names)
+    wanted = [*ROW_COLUMNS, *(f"field_{f}" for f in fields)]
+    return pq.read_table(path, columns=[c for c in wanted if c in names]).to_pylist()
 
 
 def select_rows(rows: list[dict], fields: list[str], splits: Iterable[str],

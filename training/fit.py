@@ -80,14 +80,14 @@ def train(cfg: TrainConfig) -> dict:
     device, master, out = dist.device, dist.master, Path(cfg.out)
     if master:
         out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    workers = default_workers(dist.local_world) if cfg.workers is None else cfg.workers
+    if cfg.threads or (device.type == "cpu" and workers):  # leave the loader workers their cores
+        torch.set_num_threads(cfg.threads or max(1, default_workers(dist.local_world) + 1 - workers))
     torch.manual_seed(cfg.seed)
     audio, visual = parse_combo(cfg.combo)
     margins = cfg.margins_pair()
 
     # data: this rank's train shards behind the loader; rank 0 also holds the held-out splits
-    workers = default_workers(dist.local_world) if cfg.workers is None else cfg.workers
     try:
         data = RankData.from_store(
             cfg.store, audio, visual, dist.rank, dist.world, workers, seed=cfg.seed,

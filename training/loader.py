@@ -177,7 +177,7 @@ class RankData:
     def from_store(cls, store: str, audio: str, visual: str, rank: int, world: int, workers: int,
                    **settings) -> "RankData":
         """Catalog rows -> this rank's spec: one pass over the rows, no tar opened."""
-        all_rows = read_catalog(store)
+        all_rows = read_catalog(store, [audio, visual])
         rows = select_rows(all_rows, [audio, visual], ["train"], store)
         by_shard = rows_by_shard(rows)
         all_shards = sorted(by_shard)

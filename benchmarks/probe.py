@@ -42,9 +42,9 @@ def decode_fps(path: Path) -> tuple[float, int]:
 PEAK_RSS = """
 import resource, sys
 sys.path.insert(0, sys.argv[1])
-from features.shots import _FaceSampler, probe_video
+from features.shots import FaceSampler, probe_video
 import scenedetect, av
-_FaceSampler().close()
+FaceSampler().close()
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if sys.argv[2] != "-":
     probe_video(sys.argv[2])
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    from features.shots import probe_video
+    from features.shots import FaceSampler, probe_video
     from pipelines.corpora.fixtures import concat_clips
 
     clips = sorted(args.real.glob("*/*.mp4"))
@@ -99,7 +99,9 @@ def main(argv=None) -> int:
             truth = [round(s[0], 4) for s in spans[1:]]
             dec, n = decode_fps(path)
             shots = probe_video(path, faces=False)
-            probe = probe_video(path)
+            sampler = FaceSampler()  # loaded once, as a probe task does for its batch
+            probe = probe_video(path, sampler=sampler)
+            sampler.close()
             sd_cuts, sd_seconds = scenedetect_cuts(path)
             tol = 1.0 / 25 + 1e-6
             rss_base, rss_peak = probe_peak_rss_mb(path)

@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from catalog.tars import write_atomic
-from features.shots import VERSION, Probe, cut_points, header_duration, probe_video
+from features.shots import VERSION, FaceSampler, Probe, cut_points, header_duration, probe_video
 from pipelines.adapters import Utterance
 
 BATCH = 4  # videos per probe task
@@ -57,19 +57,22 @@ def _cached(store: Path, dataset: str, video_path: str, max_seconds: float) -> d
 
 def probe_sources(store: str, dataset: str, videos: list[str], max_seconds: float) -> list[dict]:
     """Ray task: per video its cached entry, else a new one (header only when it is short enough)."""
-    out = []
+    out, sampler = [], None
     for video in videos:
         entry = _cached(Path(store), dataset, video, max_seconds)
         if entry is None:
             try:
                 entry = {**_file_id(video), "header_s": header_duration(video), "probe": None}
                 if entry["header_s"] is None or entry["header_s"] > max_seconds:
-                    entry["probe"] = probe_video(video).as_dict()
+                    sampler = sampler or FaceSampler()  # loaded once per task, when needed
+                    entry["probe"] = probe_video(video, sampler=sampler).as_dict()
             except Exception as exc:  # an unreadable file: planned whole, extraction records why
                 out.append({"video_path": video, "error": f"{type(exc).__name__}: {exc}"})
                 continue
             write_atomic(probe_path(Path(store), dataset, video), json.dumps(entry, sort_keys=True).encode())
         out.append(entry)
+    if sampler is not None:
+        sampler.close()
     return out
 
 

@@ -1,0 +1,234 @@
+"""Score the audio-visual sync of videos: per video offset, LSE-D, LSE-C; then the means papers report.
+
+    python training/score.py outputs/ --scorer syncnet --syncnet-weights syncnet_v2.model --crop frame
+    python training/score.py a.mp4 b.mp4 --scorer unisync --checkpoint runs/mel_landmarks/best.pt
+    python training/score.py clips/ --scorer syncnet --syncnet-weights W --crop pipeline frame none \
+        --out scores/ --plots scores/plots
+
+Every row names its scorer (id and version: the weights' or checkpoint's sha256 prefix) and its
+crop protocol (`pipeline`: our face track padded as run_pipeline; `frame`: whole frame to 224, as
+Wav2Lip's LRS script; `none`: already 224 x 224 crops). Offsets follow syncnet_python's print:
+audio delayed by d frames gives offset -d. LSE-D = min over offsets of the mean distance, LSE-C =
+median minus min; for a UniSync checkpoint the distance is 1 - p_sync (same rules, its own scale).
+
+Writes <out>/scores.csv (one row per video and protocol) and <out>/scores.json (rows with the
+31-value curves and framewise confidence, and the means per scorer and protocol). Many files run
+as Ray tasks (a private local Ray unless --address), one video per task.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import csv
+import json
+import os
+import time
+
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+CSV_COLUMNS = ["video", "scorer", "scorer_version", "protocol", "offset", "lse_d", "lse_c",
+               "frames_scored", "edges", "seconds", "error"]
+_SCORER_CACHE: dict[tuple, object] = {}  # one model per worker process
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("inputs", nargs="+", type=Path, help="video files and/or folders (searched recursively)")
+    p.add_argument("--scorer", choices=("syncnet", "unisync"), default="syncnet", help="which expert scores")
+    p.add_argument("--syncnet-weights", type=Path, default=None,
+                   help="syncnet_v2.model (syncnet_python's published state dict; not downloadable here)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="a training/fit.py checkpoint (unisync)")
+    p.add_argument("--crop", nargs="+", default=["pipeline"], choices=("pipeline", "frame", "none"),
+                   help="crop protocol(s); each video is scored once per protocol")
+    p.add_argument("--edges", choices=("pad", "mask"), default="pad",
+                   help="pad: the reference's zero-padded edge windows; mask: leave them out")
+    p.add_argument("--vshift", type=int, default=15, help="offsets searched: -V .. V frames")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (syncnet: 20)")
+    p.add_argument("--max-seconds", type=float, default=None, help="score only the first S seconds")
+    p.add_argument("--out", type=Path, default=Path("sync_scores"), help="folder for scores.csv / scores.json")
+    p.add_argument("--plots", type=Path, default=None, help="folder for one PNG per video and protocol")
+    p.add_argument("--device", default="cpu", help="torch device ('cuda' when there is one)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="Ray tasks at once (default: every CPU Ray offers); 1 runs in this process")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a private local Ray)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per task (default: 1 under Ray)")
+    return p
+
+
+def find_videos(inputs: list[Path]) -> list[Path]:
+    found: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            found += sorted(q for q in p.rglob("*") if q.suffix.lower() in VIDEO_EXTS and q.is_file())
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    return found
+
+
+def scorer_config(args: argparse.Namespace) -> dict:
+    kw = {"vshift": args.vshift, "edges": args.edges}
+    if args.batch_size:
+        kw["batch_size"] = args.batch_size
+    absolute = lambda p: str(p.resolve()) if p else None  # noqa: E731  (Ray workers' cwd differs)
+    return {"name": args.scorer, "syncnet_weights": absolute(args.syncnet_weights),
+            "checkpoint": absolute(args.checkpoint), "device": args.device, **kw}
+
+
+def get_scorer(config: dict):
+    from training.scorers import make_scorer
+
+    key = tuple(sorted(config.items()))
+    if key not in _SCORER_CACHE:
+        _SCORER_CACHE[key] = make_scorer(**config)
+    return _SCORER_CACHE[key]
+
+
+def score_one(video: str, protocol: str, config: dict, max_frames: int | None,
+              threads: int | None = None) -> dict:
+    """One row: the figures, or the error that stopped this video (never raises)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    row = {"video": video, "scorer": config["name"], "protocol": protocol, "error": ""}
+    try:
+        scorer = get_scorer(config)
+        row["scorer_version"] = scorer.version
+        s = scorer.score_video(video, protocol, max_frames)
+        row.update(offset=s.offset, lse_d=round(s.min_dist, 6), lse_c=round(s.confidence, 6),
+                   frames_scored=s.windows, edges=s.edges, vshift=s.vshift,
+                   mean_dist=[round(x, 6) for x in s.mean_dist],
+                   framewise_confidence=[round(x, 6) for x in s.framewise_confidence])
+    except Exception as exc:  # a bad file is a row with its reason, not a crash of the batch
+        row["error"] = f"{type(exc).__name__}: {exc}"
+    row["seconds"] = round(time.perf_counter() - started, 2)
+    return row
+
+
+def means(rows: list[dict]) -> list[dict]:
+    """Per (scorer, protocol): videos scored, mean LSE-D, mean LSE-C, mean |offset|."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["scorer"], r.get("scorer_version", ""), r["protocol"]), []).append(r)
+    out = []
+    for (scorer, version, protocol), rs in sorted(groups.items()):
+        ok = [r for r in rs if not r["error"]]
+        n = len(ok)
+        out.append({"scorer": scorer, "scorer_version": version, "protocol": protocol, "videos": len(rs),
+                    "scored": n, "failed": len(rs) - n,
+                    "mean_lse_d": round(sum(r["lse_d"] for r in ok) / n, 4) if n else None,
+                    "mean_lse_c": round(sum(r["lse_c"] for r in ok) / n, 4) if n else None,
+                    "mean_abs_offset": round(sum(abs(r["offset"]) for r in ok) / n, 3) if n else None,
+                    "in_sync_share": round(sum(abs(r["offset"]) <= 1 for r in ok) / n, 3) if n else None})
+    return out
+
+
+def run_jobs(jobs: list[tuple[str, str]], config: dict, max_frames: int | None, args) -> list[dict]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc=f"scoring ({config['name']})", unit="video")
+    rows: list[dict] = []
+    if args.workers == 1 or (len(jobs) == 1 and not args.address):
+        for video, protocol in jobs:
+            rows.append(score_one(video, protocol, config, max_frames, args.threads))
+            bar.update(1)
+    else:
+        import ray
+
+        repo = str(Path(__file__).resolve().parents[1])
+        if args.address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=args.address or os.environ["RAY_ADDRESS"])
+        else:  # a private local Ray: never attach to someone else's cluster on a shared host
+            ray.init(address="local", num_cpus=args.workers or os.cpu_count(), include_dashboard=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": repo}})
+        task = ray.remote(num_cpus=1, max_retries=1)(score_one)
+        limit = args.workers or max(1, int(ray.available_resources().get("CPU", 1)))
+        pending, in_flight = list(jobs), {}
+        while pending or in_flight:
+            while pending and len(in_flight) < limit:
+                video, protocol = pending.pop(0)
+                in_flight[task.remote(video, protocol, config, max_frames, args.threads or 1)] = (video, protocol)
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            video, protocol = in_flight.pop(done[0])
+            try:
+                rows.append(ray.get(done[0]))
+            except Exception as exc:  # the task died (e.g. out of memory) after its retry
+                rows.append({"video": video, "scorer": config["name"], "protocol": protocol,
+                             "error": f"{type(exc).__name__}: {exc}", "seconds": None})
+            bar.update(1)
+        ray.shutdown()
+    bar.close()
+    order = {job: i for i, job in enumerate(jobs)}
+    return sorted(rows, key=lambda r: order[(r["video"], r["protocol"])])
+
+
+def write_outputs(rows: list[dict], summary: list[dict], out: Path, plots: Path | None) -> None:
+    from training.sync_plots import plot_name, plot_score
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "scores.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c, "") for c in CSV_COLUMNS})
+    (out / "scores.json").write_text(json.dumps({"rows": rows, "means": summary}, indent=1))
+    if plots is not None:
+        for r in rows:
+            if not r["error"]:
+                r["plot"] = str(plot_score(r, plots / plot_name(r["video"], r["protocol"], r["scorer"])))
+
+
+def format_summary(summary: list[dict]) -> str:
+    lines = [f"{'scorer':<9}{'protocol':<10}{'videos':>7}{'failed':>7}{'LSE-D':>9}{'LSE-C':>9}"
+             f"{'|offset|':>10}{'|off|<=1':>10}"]
+    for m in summary:
+        f = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+        lines.append(f"{m['scorer']:<9}{m['protocol']:<10}{m['videos']:>7}{m['failed']:>7}"
+                     f"{f(m['mean_lse_d']):>9}{f(m['mean_lse_c']):>9}{f(m['mean_abs_offset'], 2):>10}"
+                     f"{f(m['in_sync_share'], 2):>10}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        videos = find_videos(args.inputs)
+        if not videos:
+            raise FileNotFoundError(f"no video files ({', '.join(VIDEO_EXTS)}) under {args.inputs}")
+        config = scorer_config(args)
+        if args.scorer == "unisync" and args.crop != ["pipeline"]:
+            raise ValueError("the unisync scorer reads our face track's fields: use --crop pipeline")
+        get_scorer(config)  # fail fast on missing weights / checkpoint, before any Ray start
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    max_frames = int(round(args.max_seconds * 25)) if args.max_seconds else None
+    shown = {str(v.resolve()): str(v) for v in videos}
+    jobs = [(str(v.resolve()), protocol) for v in videos for protocol in args.crop]
+    rows = run_jobs(jobs, config, max_frames, args)
+    for r in rows:
+        r["video"] = shown[r["video"]]
+    summary = means(rows)
+    write_outputs(rows, summary, args.out, args.plots)
+    for r in rows:
+        if r["error"]:
+            print(f"  failed {r['video']} [{r['protocol']}]: {r['error']}", file=sys.stderr)
+    print(format_summary(summary))
+    print(f"wrote {args.out / 'scores.csv'} and {args.out / 'scores.json'}"
+          + (f"; plots in {args.plots}" if args.plots else ""))
+    if args.scorer == "syncnet":
+        print(f"scorer {rows[0].get('scorer_version', '?')}: LSE figures are comparable to published "
+              "ones only with the published syncnet_v2.model weights and the same crop protocol")
+    return 0 if all(not r["error"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""One PNG per scored video: distance against offset (the chosen offset marked) and the
+framewise confidence, so a bad clip shows at a glance (a flat curve, an offset far from 0, a
+confidence that drops in the middle)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+
+def plot_name(video: str, protocol: str, scorer: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(Path(video).with_suffix("")).strip("/"))[-120:]
+    return f"{stem}.{scorer}.{protocol}.png"
+
+
+def plot_score(row: dict, path: Path | str) -> Path:
+    """`row` is a score row of training/score.py (offset, lse_d, lse_c, mean_dist, framewise...)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vshift = int(row["vshift"])
+    offsets = vshift - np.arange(2 * vshift + 1)  # entry k stands for offset V - k
+    mean = np.asarray(row["mean_dist"], float)
+    frames = np.asarray(row["framewise_confidence"], float)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1.4]})
+    ax1.plot(offsets, mean, "o-", ms=3, color="tab:blue")
+    ax1.axvline(row["offset"], color="tab:red", ls="--", lw=1)
+    ax1.plot([row["offset"]], [row["lse_d"]], "o", color="tab:red", ms=8,
+             label=f"offset {row['offset']:+d}  (min dist {row['lse_d']:.3f})")
+    ax1.axhline(np.median(mean), color="grey", lw=0.8, ls=":", label=f"median (conf {row['lse_c']:.3f})")
+    ax1.set_xlabel("offset (frames; audio delayed by d gives -d)")
+    ax1.set_ylabel("mean distance" if row["scorer"] == "syncnet" else "mean 1 - p_sync")
+    ax1.legend(fontsize=8, loc="best")
+    ax1.grid(alpha=0.3)
+    ax2.plot(np.arange(len(frames)), frames, color="tab:green", lw=1.2)
+    ax2.axhline(0, color="grey", lw=0.8)
+    ax2.set_xlabel("window (start frame)")
+    ax2.set_ylabel("framewise confidence (medfilt 9)")
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"{row['video']}   scorer {row['scorer']}   protocol {row['protocol']}   "
+                 f"windows {row['frames_scored']}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

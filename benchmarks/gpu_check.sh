@@ -2,7 +2,8 @@
 # What runs only on a GPU, in one go: prints PASS/FAIL per item with its figures, exits 1 if any failed.
 #
 #   bash benchmarks/gpu_check.sh                    # on a machine with CUDA GPUs
-#   bash benchmarks/gpu_check.sh --cpu              # dry run of the same code paths on CPU (gloo, float32)
+#   bash benchmarks/gpu_check.sh --cpu              # dry run of the same code paths on CPU (gloo, float32,
+#                                                   # width 0.25 unless WIDTH_CPU is set)
 #   HUBERT_MODEL=/models/hubert-large-ls960-ft bash benchmarks/gpu_check.sh   # the real HuBERT if local
 #   STORE=demo_out/store bash benchmarks/gpu_check.sh   # loader vs step on a real store (default: a fabricated one)
 #
@@ -29,6 +30,8 @@ rm -rf "$WORK" && mkdir -p "$WORK"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 DEVICE=cuda
 [ $CPU = 1 ] && DEVICE=cpu
+WIDTH=${WIDTH:-1.0}  # the paper's size; the --cpu dry run defaults to 0.25 (same code, minutes not hours)
+[ $CPU = 1 ] && WIDTH=${WIDTH_CPU:-0.25}
 FAILED=()
 LOG="$WORK/log.txt"
 
@@ -74,7 +77,7 @@ STORE=${STORE:-$WORK/store}
 
 # 2. bf16 autocast training steps at paper size
 STEPS=20; [ $CPU = 1 ] && STEPS=2
-run bf16-step "$PY" benchmarks/step.py --device "$DEVICE" --dtype bf16 --width 1.0 --batch-size 64 \
+run bf16-step "$PY" benchmarks/step.py --device "$DEVICE" --dtype bf16 --width "$WIDTH" --batch-size 64 \
     --steps $STEPS --combos mel_rgb mel_landmarks hubert_rgb hubert_parsing --json "$WORK/step.json"
 
 # 3. fit.py with bf16 autocast, loader workers, pinned memory
@@ -148,7 +151,7 @@ EOF
 
 # 6. loader vs step at paper size
 HUB=16; [ "$STORE" = "$WORK/store" ] && HUB=1024
-run loader-vs-step "$PY" benchmarks/step.py --device "$DEVICE" --width 1.0 --batch-size 64 --steps $STEPS \
+run loader-vs-step "$PY" benchmarks/step.py --device "$DEVICE" --width "$WIDTH" --batch-size 64 --steps $STEPS \
     --combos mel_rgb mel_landmarks --store "$STORE" --workers 2 --hubert-dim $HUB --json "$WORK/loader_vs_step.json"
 
 echo "== ${#FAILED[@]} failed${FAILED[*]:+: ${FAILED[*]}}; logs in $WORK"

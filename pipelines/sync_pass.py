@@ -83,23 +83,21 @@ def is_done(store: Path, dataset: str, shard_id: int, scorer_id: str) -> bool:
 
 
 def syncnet_utterance(scorer, row: dict, sample: dict) -> "object":
-    """SyncNet on one stored utterance: stored audio, source frames on the stored timeline,
-    pipeline crops around the stored face track."""
+    """SyncNet on one stored utterance: stored audio, the source's frames on the stored timeline
+    (streamed), pipeline crops around the stored face track."""
     from features.face import crop_to_image
     from features.fields import FIELDS
+    from features.media import VideoStream
     from features.sync_audio import int16_scale
     from features.sync_crops import landmark_boxes, pipeline_crop, smooth_boxes
-    from features.sync_video import iter_grid_frames, probe_video
 
     audio = int16_scale(FIELDS["audio"].decode(sample["audio"]))
     landmarks = FIELDS["landmarks"].decode(sample["landmarks"]).astype(np.float32)
-    meta = json.loads(sample["meta"])
-    boxes = np.asarray(meta["crop_boxes"], np.float32)
-    first, last = meta.get("source", {}).get("facts", {}).get("segment_frames") or [0, len(landmarks)]
-    n = min(len(landmarks), len(boxes), last - first)
+    boxes = np.asarray(json.loads(sample["meta"])["crop_boxes"], np.float32)
+    n = min(len(landmarks), len(boxes))
     smoothed = smooth_boxes(landmark_boxes(crop_to_image(landmarks[:n], boxes[:n])))
-    info = probe_video(row["video_path"])
-    crops = (pipeline_crop(f, *smoothed[t]) for t, f in enumerate(iter_grid_frames(info, first, first + n)))
+    frames = VideoStream(row["video_path"], row.get("start_s"), row.get("end_s"))
+    crops = (pipeline_crop(f, *smoothed[min(t, n - 1)]) for t, f in enumerate(frames))
     return scorer.score_arrays(crops, audio)
 
 

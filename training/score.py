@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=None, help="score only the first S seconds")
     p.add_argument("--out", type=Path, default=Path("sync_scores"), help="folder for scores.csv / scores.json")
     p.add_argument("--plots", type=Path, default=None, help="folder for one PNG per video and protocol")
+    p.add_argument("--save-crops", type=Path, default=None,
+                   help="syncnet, protocol pipeline: also write each video's 224 x 224 crops and audio to "
+                        "DIR/<name>.mkv (lossless), which score to the same numbers with --crop none")
     p.add_argument("--device", default="cpu", help="torch device ('cuda' when there is one)")
     p.add_argument("--workers", type=int, default=None,
                    help="Ray tasks at once (default: every CPU Ray offers); 1 runs in this process")
@@ -91,7 +94,7 @@ def get_scorer(config: dict):
 
 
 def score_one(video: str, protocol: str, config: dict, max_frames: int | None,
-              threads: int | None = None) -> dict:
+              threads: int | None = None, save_crops: str | None = None) -> dict:
     """One row: the figures, or the error that stopped this video (never raises)."""
     import torch
 
@@ -102,7 +105,12 @@ def score_one(video: str, protocol: str, config: dict, max_frames: int | None,
     try:
         scorer = get_scorer(config)
         row["scorer_version"] = scorer.version
-        s = scorer.score_video(video, protocol, max_frames)
+        if save_crops and protocol == "pipeline" and config["name"] == "syncnet":
+            target = Path(save_crops) / ("_".join(Path(video).with_suffix("").parts[-3:]) + ".mkv")
+            s = scorer.score_video(video, protocol, max_frames, save_crops=target)
+            row["crops"] = str(target)
+        else:
+            s = scorer.score_video(video, protocol, max_frames)
         row.update(offset=s.offset, lse_d=round(s.min_dist, 6), lse_c=round(s.confidence, 6),
                    frames_scored=s.windows, edges=s.edges, vshift=s.vshift,
                    mean_dist=[round(x, 6) for x in s.mean_dist],
@@ -135,10 +143,11 @@ def run_jobs(jobs: list[tuple[str, str]], config: dict, max_frames: int | None, 
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc=f"scoring ({config['name']})", unit="video")
+    save = str(args.save_crops.resolve()) if args.save_crops else None
     rows: list[dict] = []
     if args.workers == 1 or (len(jobs) == 1 and not args.address):
         for video, protocol in jobs:
-            rows.append(score_one(video, protocol, config, max_frames, args.threads))
+            rows.append(score_one(video, protocol, config, max_frames, args.threads, save))
             bar.update(1)
     else:
         import ray
@@ -149,13 +158,14 @@ def run_jobs(jobs: list[tuple[str, str]], config: dict, max_frames: int | None, 
         else:  # a private local Ray: never attach to someone else's cluster on a shared host
             ray.init(address="local", num_cpus=args.workers or os.cpu_count(), include_dashboard=False,
                      runtime_env={"env_vars": {"PYTHONPATH": repo}})
+        _SCORER_CACHE.clear()  # the driver's model must not travel with the task's closure
         task = ray.remote(num_cpus=1, max_retries=1)(score_one)
         limit = args.workers or max(1, int(ray.available_resources().get("CPU", 1)))
         pending, in_flight = list(jobs), {}
         while pending or in_flight:
             while pending and len(in_flight) < limit:
                 video, protocol = pending.pop(0)
-                in_flight[task.remote(video, protocol, config, max_frames, args.threads or 1)] = (video, protocol)
+                in_flight[task.remote(video, protocol, config, max_frames, args.threads or 1, save)] = (video, protocol)
             done, _ = ray.wait(list(in_flight), num_returns=1)
             video, protocol = in_flight.pop(done[0])
             try:

@@ -89,14 +89,19 @@ class SyncNetScorer:
             yield first, to_syncnet_input(np.stack(buffer[:ready + 4]))
 
     def score_video(self, path: Path | str, protocol: str = "pipeline", max_frames: int | None = None,
-                    audio_path: Path | str | None = None) -> SyncScore:
-        from features.sync_video import iter_crops, probe_video, read_audio_int16
+                    audio_path: Path | str | None = None, save_crops: Path | str | None = None) -> SyncScore:
+        """`save_crops`: also write the 224 x 224 crops scored and the audio (lossless .mkv)."""
+        from features.sync_video import CropWriter, iter_crops, read_audio_int16, tee_crops
 
-        info = probe_video(path)
-        audio = read_audio_int16(path, info, audio_path)
-        if max_frames is not None:
-            audio = audio[:max_frames * SAMPLES_PER_FRAME]
-        return self.score_arrays(iter_crops(info, protocol, max_frames), audio)
+        audio = read_audio_int16(path, audio_path, max_frames)
+        crops = iter_crops(path, protocol, max_frames)
+        if save_crops is not None:
+            crops = tee_crops(crops, CropWriter(save_crops, audio))
+        try:
+            return self.score_arrays(crops, audio)
+        finally:
+            if save_crops is not None:
+                crops.close()  # the scorer may stop early (audio ends): finish the file
 
 
 class UniSyncScorer:
@@ -164,11 +169,12 @@ def video_utterance(path: Path | str, combo: str, train_args: dict, max_frames: 
     from training.combos import combo_fields
     from training.data import Utterance, decode_member, frames_covered, norm_of, _length
 
-    row = {"video_path": str(path), "audio_path": str(audio_path) if audio_path else None}
-    sources = Sources(row, FaceTracker)
-    n = sources.media.n_frames
-    utt = Utterance(str(path), Path(path).stem, "video", "", "score", n)
-    for name in combo_fields(combo):
+    fields = list(combo_fields(combo))
+    row = {"video_path": str(path), "audio_path": str(audio_path) if audio_path else None,
+           "start_s": None, "end_s": None if max_frames is None else max_frames / 25}
+    sources = Sources(row, FaceTracker, wanted=fields)  # one streaming pass over the video
+    utt = Utterance(str(path), Path(path).stem, "video", "", "score", sources.timeline.n_frames)
+    for name in fields:
         field = FIELDS[name]
         data = field.extract(sources)
         data = data if isinstance(data, bytes) else data[field.ext]
@@ -178,8 +184,6 @@ def video_utterance(path: Path | str, combo: str, train_args: dict, max_frames: 
         if norm is not None:
             utt.norm[name] = norm
         utt.n_frames = frames_covered(name, _length(name, value), utt.n_frames)
-    if max_frames is not None:
-        utt.n_frames = min(utt.n_frames, max_frames)
     return utt
 
 

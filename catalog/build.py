@@ -1,9 +1,10 @@
 """Build the catalog's Parquet tables from the shard plan and the per-(shard, field) sidecars.
 
 The tables are a pure function of the plan and the sidecars, so an interrupted and resumed run
-gives the same catalog as an uninterrupted one. The build is linear: the plan is grouped by shard
-once, every sidecar is read once, and each of its member entries updates its utterance's row
-through one dictionary lookup.
+gives the same catalog as an uninterrupted one. The build is linear and column-wise: the plan is
+sorted once so that each shard is a range of rows, each field folder is listed once, every sidecar
+is read once, and each member entry lands on its row by its position in the shard (sidecars list
+the shard in plan order; a dictionary is built only if one does not).
 
 Sidecar member entries may carry `"columns": {name: value}`; they are merged into the
 utterance's row (typed by COLUMN_TYPES where the name is known; other names pass through with the
@@ -13,15 +14,15 @@ sync pass's `sync`), contributes only its columns.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from catalog.layout import field_dir, table_path, tar_path
+from catalog.layout import field_dir, shard_name, table_path
 from catalog.plan import PLAN_COLUMNS, PLAN_SCHEMA, plan_table, write_plan
-from catalog.sidecar import read_sidecar
 from catalog.splits import assign_split_column
 
 SPEAKER_SOURCE = {  # what a corpus's speaker_id really is; LRS2 has no speaker labels
@@ -57,14 +58,12 @@ def write_table(store: Path, name: str, table: pa.Table) -> None:
     tmp.replace(path)
 
 
-def _column_fields(store: Path, datasets: set[str], fields: list[str]) -> dict[str, list[str]]:
-    """dataset -> names of column-only sidecar series (a folder of sidecars outside `fields`)."""
-    out = {}
-    for ds in datasets:
-        root = field_dir(store, ds, "x").parent
-        out[ds] = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in fields) \
-            if root.is_dir() else []
-    return out
+def _listing(store: Path, dataset: str) -> dict[str, set[str]]:
+    """field folder -> file names in it, for one dataset (one directory listing per field)."""
+    root = Path(store) / "shards" / dataset
+    if not root.is_dir():
+        return {}
+    return {d.name: set(os.listdir(d)) for d in root.iterdir() if d.is_dir()}
 
 
 def build_catalog(store: Path, plan: list[dict] | pa.Table, fields: list[str], val: float = 0.1,
@@ -80,56 +79,66 @@ def build_catalog(store: Path, plan: list[dict] | pa.Table, fields: list[str], v
         [("dataset", "ascending"), ("shard_id", "ascending"), ("index_in_shard", "ascending")])
     n = table.num_rows
     datasets, utt_ids = table["dataset"].to_pylist(), table["utt_id"].to_pylist()
-    position = {(ds, u): i for i, (ds, u) in enumerate(zip(datasets, utt_ids))}
     ranges = _shard_ranges(datasets, table["shard_id"].to_pylist())
     status = ["ok"] * n
     results: dict[str, list] = {}  # field_<name> and sidecar columns, one value per row
+    position: dict[tuple[str, str], int] = {}  # built only if a sidecar departs from plan order
 
-    def column(name: str) -> list:
-        if name not in results:
-            results[name] = [None] * n
-        return results[name]
+    def row_of(dataset: str, utt_id: str, guess: int) -> int | None:
+        if 0 <= guess < n and utt_ids[guess] == utt_id and datasets[guess] == dataset:
+            return guess  # sidecars list the shard's utterances in plan order
+        if not position:
+            position.update({(ds, u): i for i, (ds, u) in enumerate(zip(datasets, utt_ids))})
+        return position.get((dataset, utt_id))
+
+    def merge(i: int, columns: dict) -> None:
+        for k, v in columns.items():
+            values = results.get(k)
+            if values is None:
+                values = results[k] = [None] * n
+            values[i] = v
 
     field_rows, error_rows = [], []
-    column_only = _column_fields(store, set(datasets), fields)
-    for (dataset, shard_id), (lo, hi) in ranges.items():
-        for field in fields:
-            states = column(f"field_{field}")
-            side = read_sidecar(store, dataset, field, shard_id)
-            if side is None:
-                states[lo:hi] = ["missing"] * (hi - lo)
-                status[lo:hi] = ["incomplete"] * (hi - lo)
-                continue
-            entries = side["members"]
-            field_rows.append({
-                "dataset": dataset, "shard_id": shard_id, "field": field, "version": side["version"],
-                "path": str(tar_path(store, dataset, field, shard_id).relative_to(store)),
-                "n_members": side["n_members"], "n_ok": sum(m["status"] == "ok" for m in entries),
-                "bytes": side["bytes"], "sha256": side["sha256"]})
-            for m in entries:
-                i = position.get((dataset, m["utt_id"]))
-                if i is None:  # a stale sidecar entry: verify reports it
+    for dataset in sorted(set(datasets)):
+        present = _listing(store, dataset)
+        series = [(f, False) for f in fields] + [(f, True) for f in sorted(present) if f not in fields]
+        for field, columns_only in series:  # columns_only: sidecars without tars (the sync pass)
+            files = present.get(field, set())
+            states = results.setdefault(f"field_{field}", [None] * n) if not columns_only else None
+            base = field_dir(store, dataset, field)
+            for (ds, shard_id), (lo, hi) in ranges.items():
+                if ds != dataset:
                     continue
-                states[i] = m["status"]
-                if field == "meta":
-                    for k in LEGACY_META_COLUMNS:
-                        if k in m:
-                            column(k)[i] = m[k]
-                for k, v in (m.get("columns") or {}).items():
-                    column(k)[i] = v
-                if m["status"] != "ok":
-                    if status[i] != "incomplete":
-                        status[i] = "error"
-                    error_rows.append({"utt_id": m["utt_id"], "dataset": dataset, "shard_id": shard_id,
-                                       "field": field, "stage": m.get("stage"), "reason": m.get("reason")})
-        for name in column_only[dataset]:
-            side = read_sidecar(store, dataset, name, shard_id, need_tar=False)
-            for m in (side or {}).get("members", []):
-                i = position.get((dataset, m.get("utt_id")))
-                if i is not None:
-                    for k, v in (m.get("columns") or {}).items():
-                        column(k)[i] = v
-    del position
+                name = shard_name(dataset, shard_id)
+                if f"{name}.json" not in files or (not columns_only and f"{name}.tar" not in files):
+                    if not columns_only:
+                        states[lo:hi] = ["missing"] * (hi - lo)
+                        status[lo:hi] = ["incomplete"] * (hi - lo)
+                    continue
+                side = json.loads((base / f"{name}.json").read_bytes())
+                entries = side.get("members", [])
+                if not columns_only:
+                    field_rows.append({
+                        "dataset": dataset, "shard_id": shard_id, "field": field, "version": side["version"],
+                        "path": f"shards/{dataset}/{field}/{name}.tar", "n_members": side["n_members"],
+                        "n_ok": sum(m["status"] == "ok" for m in entries), "bytes": side["bytes"],
+                        "sha256": side["sha256"]})
+                for j, m in enumerate(entries):
+                    i = row_of(dataset, m.get("utt_id"), lo + j)
+                    if i is None:  # a stale sidecar entry: verify reports it
+                        continue
+                    if m.get("columns"):
+                        merge(i, m["columns"])
+                    if columns_only:
+                        continue
+                    states[i] = m["status"]
+                    if field == "meta" and "columns" not in m:  # sidecars written before `columns`
+                        merge(i, {k: m[k] for k in LEGACY_META_COLUMNS if k in m})
+                    if m["status"] != "ok":
+                        if status[i] != "incomplete":
+                            status[i] = "error"
+                        error_rows.append({"utt_id": m["utt_id"], "dataset": dataset, "shard_id": shard_id,
+                                           "field": field, "stage": m.get("stage"), "reason": m.get("reason")})
     speakers = table["speaker_id"].to_pylist()
     split = assign_split_column(datasets, speakers, val=val, test=test, seed=seed)
     frames = results.get("n_frames", [None] * n)

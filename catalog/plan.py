@@ -44,8 +44,8 @@ PLAN_COLUMNS = PLAN_SCHEMA.names
 
 
 def plan_table(rows: Iterable[Mapping]) -> pa.Table:
-    """Plan rows as a typed table (missing columns are null)."""
-    return pa.Table.from_pylist([{c: r.get(c) for c in PLAN_COLUMNS} for r in rows], schema=PLAN_SCHEMA)
+    """Plan rows as a typed table (missing columns are null, other keys are ignored)."""
+    return pa.Table.from_pylist(rows if isinstance(rows, list) else list(rows), schema=PLAN_SCHEMA)
 
 
 def read_plan_table(store: Path) -> pa.Table:

@@ -30,6 +30,7 @@ from features.fields import DEFAULT_FIELDS, FIELDS, Options, resolve  # noqa: E4
 from features.hubert import DEFAULT_MODEL, MANDARIN_MODEL  # noqa: E402
 from features.timebase import FPS, WINDOW  # noqa: E402
 from pipelines.adapters import ADAPTERS, LANGUAGES, adapter_options, list_utterances  # noqa: E402
+from pipelines.sync_pass import sync_after_extract, sync_request  # noqa: E402
 from pipelines.probe import cut_long_videos  # noqa: E402
 from pipelines.shard_failures import FAULT_ENV  # noqa: E402
 
@@ -40,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--root", required=True, type=Path, help="corpus root folder")
     p.add_argument("--store", required=True, type=Path, help="feature store folder (shared by all nodes)")
     p.add_argument("--fields", nargs="+", default=DEFAULT_FIELDS,
-                   help=f"fields to extract, or 'all'; known: {list(FIELDS) + ['meta']}")
+                   help=f"fields to extract, or 'all'; known: {list(FIELDS) + ['meta']}; plus 'sync' "
+                        "(with --sync-scorer) for the sync pass")
     p.add_argument("--hubert-model", default=None,
                    help=f"HuBERT hub id or local directory (default: {DEFAULT_MODEL}; "
                         f"{MANDARIN_MODEL} for Mandarin corpora)")
@@ -60,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-retries", type=int, default=3,
                    help="retries of a shard whose worker died, was killed for memory or lost its node "
                         "(every cause counts; then the shard's rows are errors naming the cause)")
+    p.add_argument("--sync-scorer", default=None,
+                   help="with --fields sync: 'unisync:CHECKPOINT' or 'syncnet:WEIGHTS' scores every "
+                        "utterance into catalog columns sync_offset, sync_confidence, sync_min_dist, "
+                        "sync_scorer (pipelines/sync_pass.py)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="cut videos longer than this into <utt_id>_segNN utterances of at most this "
                         "length: lrs2/lrs3 pretrain clips at word boundaries; every other dataset by a "
@@ -176,6 +182,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     store = args.store.resolve()
     try:
+        sync_spec = sync_request(args)  # `sync` is a pass after extraction, not a field
         fields = resolve(args.fields)
         utterances = list_utterances(args.dataset, args.root, **adapter_kwargs(args))
     except (ValueError, FileNotFoundError) as exc:
@@ -199,6 +206,9 @@ def main(argv=None) -> int:
     frames, failures = extract_fields(ray, store, args, dataset_plan, fields)
     seconds = time.perf_counter() - started
     tables = build_catalog(store, plan, store_fields, val=args.val, test=args.test, seed=args.split_seed)
+    if sync_spec and not failures:
+        tables = sync_after_extract(ray, store, args, sync_spec, lambda: build_catalog(
+            store, plan, store_fields, val=args.val, test=args.test, seed=args.split_seed))
     return report(store, args.dataset, tables, frames, seconds, failures, probe_figures)
 
 

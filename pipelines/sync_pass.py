@@ -39,7 +39,7 @@ import time
 import numpy as np
 
 from catalog.layout import sidecar_path
-from catalog.tars import write_atomic
+from catalog.sidecar import write_sidecar
 
 FIELD = "sync"
 COLUMNS = ("sync_offset", "sync_confidence", "sync_min_dist", "sync_scorer")
@@ -139,9 +139,7 @@ def score_shard(store: str, dataset: str, shard_id: int, rows: list[dict], all_r
         members.append(results.get(r["utt_id"], {
             "status": "skipped", "reason": "needed fields not 'ok' or shorter than 6 frames",
             "columns": {c: None for c in COLUMNS}}) | {"utt_id": r["utt_id"]})
-    side = {"field": FIELD, "dataset": dataset, "shard_id": shard_id, "version": scorer_id,
-            "fields_read": fields, "n_members": len(members), "members": members}
-    write_atomic(sidecar_path(store_p, dataset, FIELD, shard_id), json.dumps(side, indent=1).encode())
+    write_sidecar(store_p, dataset, FIELD, shard_id, scorer_id, members)  # columns only, no tar
     return {"shard_id": shard_id, "scored": sum(m["status"] == "ok" for m in members),
             "seconds": time.perf_counter() - started}
 
@@ -237,3 +235,25 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# the hook pipelines/extract.py calls for `--fields sync --sync-scorer SPEC`
+# ---------------------------------------------------------------------------------------------
+def sync_request(args: argparse.Namespace) -> str | None:
+    """The scorer spec when `sync` is among --fields (removed from them: it is a pass over the
+    stored fields, not a field with tars); raises ValueError when --sync-scorer is missing."""
+    if "sync" not in args.fields:
+        return None
+    if not getattr(args, "sync_scorer", None):
+        raise ValueError("--fields sync needs --sync-scorer unisync:CHECKPOINT or syncnet:WEIGHTS")
+    parse_spec(args.sync_scorer)
+    args.fields = [f for f in args.fields if f != "sync"] or ["meta"]
+    return args.sync_scorer
+
+
+def sync_after_extract(ray, store: Path, args: argparse.Namespace, spec: str, rebuild):
+    """Run the sync pass over the freshly built catalog, then rebuild it with the sync columns."""
+    report = run_sync_pass(ray, store, args.dataset, spec, args.overwrite, args.workers)
+    print(json.dumps({"sync": report}))
+    return rebuild()

@@ -111,7 +111,7 @@ class UniSyncScorer:
 
     def __init__(self, checkpoint: Path | str, device: str = "cpu", batch_size: int = 256,
                  vshift: int = VSHIFT, edges: str = "pad"):
-        from training.fit import load_checkpoint
+        from training.runtime import load_checkpoint
 
         self.device = torch.device(device)
         self.model, ckpt = load_checkpoint(checkpoint, map_location=str(self.device))

@@ -36,7 +36,7 @@ class SyncLoss(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: Path | str, device: str = "cpu") -> "SyncLoss":
-        from training.fit import load_checkpoint
+        from training.runtime import load_checkpoint
 
         model, _ = load_checkpoint(path, map_location=device)
         return cls(model.to(device), "unisync")

@@ -1,0 +1,79 @@
+"""The sync pass: per-utterance sync columns in a column-only sidecar, merged into the catalog by
+its build, curated with SQL. Uses the trainer's fake store and a random-weight UniSync checkpoint
+(the figures mean nothing here; benchmarks/sync_offsets.py measures a trained one)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from catalog.layout import sidecar_path, tar_path
+
+
+@pytest.fixture(scope="module")
+def store_and_checkpoint(tmp_path_factory):
+    from tests.test_training import DATASET, make_store
+    from training.model import UniSync
+    from training.runtime import model_config
+
+    root = tmp_path_factory.mktemp("sync_pass")
+    store = make_store(root / "store", utts_per_speaker=2, n_frames=40, speakers=3,
+                       split_of={0: "train", 1: "val", 2: "test"})
+    torch.manual_seed(0)
+    model = UniSync("mel_landmarks", width=0.25)
+    ckpt = root / "random.pt"
+    torch.save({"model": model.state_dict(), "config": model_config(model), "args": {}, "step": 0}, ckpt)
+    return store, ckpt, DATASET
+
+
+def test_sync_sidecar_columns_reach_the_catalog_and_sql(store_and_checkpoint):
+    from catalog.build import build_catalog
+    from catalog.plan import read_plan
+    from pipelines.sync_pass import COLUMNS, is_done, score_shard
+    from training.data import read_catalog
+
+    store, ckpt, dataset = store_and_checkpoint
+    spec = f"unisync:{ckpt}"
+    rows = read_catalog(store)
+    shards = sorted({r["shard_id"] for r in rows})
+    for s in shards:
+        mine = [r for r in rows if r["shard_id"] == s]
+        result = score_shard(str(store), dataset, s, mine, mine, spec)
+        assert result["scored"] == len(mine)
+    side = json.loads(sidecar_path(store, dataset, "sync", shards[0]).read_text())
+    assert not tar_path(store, dataset, "sync", shards[0]).exists()  # column-only: no tar
+    assert side["version"].startswith("unisync:mel_landmarks+")
+    entry = side["members"][0]
+    assert entry["status"] == "ok" and set(entry["columns"]) == set(COLUMNS)
+    assert -15 <= entry["columns"]["sync_offset"] <= 15 and entry["columns"]["sync_confidence"] >= 0
+    assert is_done(store, dataset, shards[0], side["version"])
+    assert not is_done(store, dataset, shards[0], "syncnet:other")
+
+    tables = build_catalog(store, read_plan(store), ["mel", "landmarks"])
+    utts = tables["utterances"]
+    assert str(utts.schema.field("sync_offset").type) == "int32"
+    assert str(utts.schema.field("sync_confidence").type) == "double"
+    got = utts.to_pylist()
+    assert len(got) == len(rows) and all(r["sync_scorer"] == side["version"] for r in got)
+
+    from catalog.sql import run_sql  # the store helper's SQL over the catalog (DuckDB)
+    kept = run_sql(store, "SELECT utt_id, sync_offset FROM utterances "
+                          "WHERE sync_confidence >= 0 AND abs(sync_offset) <= 15")
+    assert kept.num_rows == len(rows)
+
+
+def test_sync_request_parses_the_extract_flags():
+    import argparse
+
+    from pipelines.sync_pass import sync_request
+
+    args = argparse.Namespace(fields=["audio", "mel", "sync"], sync_scorer="unisync:/x/best.pt")
+    assert sync_request(args) == "unisync:/x/best.pt" and args.fields == ["audio", "mel"]
+    only = argparse.Namespace(fields=["sync"], sync_scorer="syncnet:/w.model")
+    assert sync_request(only) and only.fields == ["meta"]
+    assert sync_request(argparse.Namespace(fields=["mel"], sync_scorer=None)) is None
+    with pytest.raises(ValueError, match="--sync-scorer"):
+        sync_request(argparse.Namespace(fields=["sync"], sync_scorer=None))
+    with pytest.raises(ValueError, match="unisync:CHECKPOINT"):
+        sync_request(argparse.Namespace(fields=["sync"], sync_scorer="wav2lip:/x"))

@@ -1,19 +1,37 @@
-"""Face tracking: MediaPipe full-range detection, one main face, face mesh on a crop, aligned crops.
+"""Face tracking in one streaming pass: detection at reduced resolution now and then, the face mesh
+tracking in between, crops made a few frames behind with a bounded look-ahead.
 
-Why crop before the mesh: FaceMesh misses small faces in large frames, so we find the face with
-the full-range detector first and run the mesh on a square crop around it.
+Why crop before the mesh: FaceMesh misses small faces in large frames, so the full-range
+detector finds the face first and the mesh runs on a square crop around it (MESH_INPUT px).
+Why not detect every frame: the detector costs more than the mesh, and the mesh, in tracking
+mode, follows the face by itself. So the detector runs on a DETECT_SIDE px copy of the frame
+when there is no face yet, every DETECT_EVERY frames (to catch drift onto something else), and
+whenever the mesh loses the face; otherwise the next frame's mesh square is placed around the
+current frame's mesh (ROI_SCALE x its extent, the same framing as 1.8 x a detection box).
+
+Memory: frames are consumed one at a time and held for LOOKAHEAD frames only, until the smoothed
+track around them is settled; what is kept per frame is small (478 points, a crop square and
+whatever the crop makers encode, e.g. a 96x96 JPEG). Smoothing and gap filling run on those
+small arrays. A crop maker's frame whose track is not settled within the look-ahead (no face
+seen yet) is made in a second pass over the frames (`reopen`), never by holding frames.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
 CROP_SIZE = 96
-MESH_INPUT = 256  # side of the square the detection crop is resized to for the face mesh
+MESH_INPUT = 256  # side of the square the face region is resized to for the face mesh
 N_LANDMARKS = 478
-VERSION = "mediapipe-0.10.21-track-1"
+VERSION = "mediapipe-0.10.21-track-2"
+DETECT_EVERY = 10  # frames between detector refreshes while the mesh holds the face
+DETECT_SIDE = 320  # long side of the frame copy the detector sees (its model input is 192)
+ROI_SCALE = 1.7  # mesh square side / the mesh's extent (1.8 x a detection box, measured)
+DETECTION_ROI = 1.8  # mesh square side / detection box side
 
 # Face mesh indices of the face oval's extremes, used to place the aligned crop.
 _FOREHEAD, _CHIN, _RIGHT_CHEEK, _LEFT_CHEEK = 10, 152, 234, 454
@@ -31,11 +49,12 @@ class FaceError(Exception):
 @dataclass
 class FaceTrack:
     landmarks: np.ndarray  # (n, 478, 3) float32, crop pixel coordinates (z on the x scale)
-    crops: np.ndarray  # (n, 96, 96, 3) uint8 aligned RGB face crops
     boxes: np.ndarray  # (n, 3) float32 crop square per frame in source pixels: x0, y0, side
     detection_rate: float  # share of frames where the mesh found the face before gap filling
-    detection_confidence: float  # mean detector score over frames with a detection
+    detection_confidence: float  # mean detector score over the detector runs that found the face
     missing_frames: list[int]  # frames filled by holding or interpolating neighbours
+    detector_runs: int = 0  # how often the detector ran (the rest was mesh tracking)
+    outputs: dict[str, bytes] = field(default_factory=dict)  # crop maker name -> its bytes
 
 
 def crop_to_image(landmarks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -95,38 +114,6 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.stack([np.convolve(padded[:, j], kernel, mode="valid") for j in range(values.shape[1])], 1)
 
 
-def choose_main_face(detections: list[list[tuple[np.ndarray, float]]], width: int, height: int
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pick one face per frame: the largest, most central one, then the candidate nearest its track.
-
-    Returns boxes (n, 4) x0 y0 x1 y1, a validity mask and the detector score per frame.
-    """
-    n = len(detections)
-    centre = np.array([width / 2, height / 2])
-    diag = float(np.hypot(width, height))
-
-    def prominence(box: np.ndarray, score: float) -> float:
-        area = (box[2] - box[0]) * (box[3] - box[1]) / (width * height)
-        off = np.linalg.norm((box[:2] + box[2:]) / 2 - centre) / diag
-        return area * (1 - off) * score
-
-    best = [max(c, key=lambda d: prominence(*d))[0] for c in detections if c]
-    boxes, valid, scores = np.zeros((n, 4)), np.zeros(n, bool), np.zeros(n)
-    if not best:
-        return boxes, valid, scores
-    best = np.array(best)
-    track_centre = np.median((best[:, :2] + best[:, 2:]) / 2, axis=0)
-    track_size = float(np.median(np.maximum(best[:, 2] - best[:, 0], best[:, 3] - best[:, 1])))
-    for t, cands in enumerate(detections):
-        if not cands:
-            continue
-        dists = [np.linalg.norm((b[:2] + b[2:]) / 2 - track_centre) for b, _ in cands]
-        k = int(np.argmin(dists))
-        if dists[k] < track_size:  # a face far from the track is someone else
-            boxes[t], scores[t], valid[t] = cands[k][0], cands[k][1], True
-    return boxes, valid, scores
-
-
 def square_warp(frame: np.ndarray, cx: float, cy: float, side: float, out: int) -> np.ndarray:
     """The square of `side` source pixels centred on (cx, cy), resized to out x out."""
     import cv2
@@ -137,23 +124,70 @@ def square_warp(frame: np.ndarray, cx: float, cy: float, side: float, out: int) 
                           borderMode=cv2.BORDER_REPLICATE)
 
 
-class FaceTracker:
-    """Holds the MediaPipe graphs; build once per worker and call `track` per utterance."""
+@dataclass(frozen=True)
+class Geometry:
+    """Per-frame placement of a crop, computed from some landmarks (image pixels)."""
 
-    def __init__(self, max_gap: int = 5, max_missing: float = 0.2, smooth_window: int = 5,
-                 min_confidence: float = 0.5):
-        os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's per-graph warnings drown progress
-        import mediapipe as mp
+    indices: tuple[int, ...]  # the landmarks it reads
+    params: Callable[[np.ndarray], np.ndarray]  # (k, len(indices), 3) points -> (k, d) parameters
+    angle_column: int | None = None  # a column holding an angle: unwrapped before averaging
 
-        self.max_gap, self.max_missing, self.smooth_window = max_gap, max_missing, smooth_window
-        self.min_confidence = min_confidence
-        self._detector = mp.solutions.face_detection.FaceDetection(
+
+def _face_square(points: np.ndarray) -> np.ndarray:
+    """Centre and side of the aligned crop: the face oval's extremes x 1.15 (Wav2Lip-style)."""
+    x0, x1, y0, y1 = points[:, 0, 0], points[:, 1, 0], points[:, 2, 1], points[:, 3, 1]
+    side = np.maximum(np.abs(x1 - x0), np.abs(y1 - y0)) * 1.15
+    return np.column_stack([(x0 + x1) / 2, (y0 + y1) / 2, side])
+
+
+FACE_SQUARE = Geometry((_RIGHT_CHEEK, _LEFT_CHEEK, _FOREHEAD, _CHIN), _face_square)
+
+
+class CropMaker(Protocol):
+    """Turns each frame and its settled placement into a per-frame output (e.g. a JPEG crop)."""
+
+    name: str
+    geometry: Geometry | None  # None: the aligned face square (FACE_SQUARE)
+
+    def add(self, t: int, frame: np.ndarray, params: np.ndarray) -> None: ...
+
+    def result(self) -> bytes: ...
+
+
+# A NormalizedLandmarkList serialised: per landmark a length-delimited entry (tag 0x0a, 15 bytes)
+# holding x, y, z as fixed32 fields (tags 0x0d, 0x15, 0x1d). Reading it with one np.frombuffer is
+# ~20x cheaper than 478 x 3 attribute reads; anything else falls back to the attribute reads.
+_LANDMARK_WIRE = np.dtype([("tag", "u1"), ("len", "u1"), ("tx", "u1"), ("x", "<f4"), ("ty", "u1"),
+                           ("y", "<f4"), ("tz", "u1"), ("z", "<f4")])
+
+
+def landmark_array(landmarks) -> np.ndarray:
+    """(478, 3) float32 normalised x, y, z of a MediaPipe NormalizedLandmarkList."""
+    data = landmarks.SerializeToString()
+    if len(data) == N_LANDMARKS * _LANDMARK_WIRE.itemsize:
+        wire = np.frombuffer(data, _LANDMARK_WIRE)
+        if ((wire["tag"] == 0x0A) & (wire["len"] == 15) & (wire["tx"] == 0x0D) & (wire["ty"] == 0x15)
+                & (wire["tz"] == 0x1D)).all():
+            return np.column_stack([wire["x"], wire["y"], wire["z"]])
+    return np.array([(p.x, p.y, p.z) for p in landmarks.landmark], np.float32)
+
+
+class _Detector:
+    """MediaPipe's full-range detector on a reduced copy of the frame; boxes in frame pixels."""
+
+    def __init__(self, mp, min_confidence: float, side: int):
+        self.graph = mp.solutions.face_detection.FaceDetection(
             model_selection=1, min_detection_confidence=min_confidence)
-        self._mp = mp
+        self.side = side
 
-    def _detect(self, frame: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    def __call__(self, frame: np.ndarray) -> list[tuple[np.ndarray, float]]:
+        import cv2
+
         h, w = frame.shape[:2]
-        result = self._detector.process(frame)
+        scale = min(1.0, self.side / max(h, w))
+        small = frame if scale == 1.0 else cv2.resize(
+            frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_LINEAR)
+        result = self.graph.process(small)
         found = []
         for det in result.detections or []:
             b = det.location_data.relative_bounding_box
@@ -161,61 +195,225 @@ class FaceTracker:
             found.append((box, float(det.score[0])))
         return found
 
-    def track(self, frames: np.ndarray) -> FaceTrack:
-        n, h, w = frames.shape[:3]
-        boxes, valid, scores = choose_main_face([self._detect(f) for f in frames], w, h)
-        detected_share = valid.mean()
-        if detected_share == 0:
-            raise FaceError(f"no face detected in any of {n} frames")
-        boxes, valid = fill_gaps(boxes, valid, self.max_gap)
-        boxes = hold_nearest(boxes, valid)
-        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-        side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * 1.8
-        det_track = smooth(np.column_stack([centre, side]), self.smooth_window)
 
-        points = np.zeros((n, N_LANDMARKS, 3), np.float32)
-        found = np.zeros(n, bool)
+def prominence(box: np.ndarray, score: float, width: int, height: int) -> float:
+    """How much a face looks like the subject: area x centrality x detector score."""
+    area = (box[2] - box[0]) * (box[3] - box[1]) / (width * height)
+    off = np.linalg.norm((box[:2] + box[2:]) / 2 - np.array([width / 2, height / 2])) / np.hypot(width, height)
+    return float(area * (1 - off) * score)
+
+
+class _Pass:
+    """The state of one utterance's tracking pass."""
+
+    def __init__(self, tracker: "FaceTracker", makers: list[CropMaker]):
+        self.tracker, self.makers = tracker, makers
+        self.points: list[np.ndarray | None] = []  # per frame: (478, 3) image pixels, or None
+        self.geometries = {"face": FACE_SQUARE, **{m.name: m.geometry for m in makers if m.geometry}}
+        self.params: dict[str, list[np.ndarray | None]] = {k: [] for k in self.geometries}
+        self.scores: list[float] = []  # detector scores of the main face
+        self.roi: np.ndarray | None = None  # cx, cy, side of the next mesh square
+        self.last_detection = -10 ** 9
+        self.detector_runs = 0
+        self.boxes: list[np.ndarray | None] = []
+        self.held: dict[str, np.ndarray] = {}  # geometry key -> last settled parameters
+        self.first: dict[str, np.ndarray] = {}  # geometry key -> first settled parameters
+        self.pending: dict[str, list[int]] = {}  # maker name -> frames whose placement is unsettled
+
+    # -- stage 1: where is the face in this frame ---------------------------------------------
+    def observe(self, t: int, frame: np.ndarray, mesh) -> None:
+        tr = self.tracker
+        h, w = frame.shape[:2]
+        if self.roi is None or t - self.last_detection >= tr.detect_every:
+            self._detect(t, frame)
+        points = self._mesh(frame, mesh) if self.roi is not None else None
+        if points is None and self.roi is not None and self.last_detection != t:
+            self._detect(t, frame)  # the mesh lost the face: look again now
+            points = self._mesh(frame, mesh) if self.roi is not None else None
+        self.points.append(points)
+        for key, geometry in self.geometries.items():
+            self.params[key].append(None if points is None else
+                                    geometry.params(points[None, list(geometry.indices)].astype(np.float64))[0])
+        if points is not None:
+            lo, hi = points[:, :2].min(0), points[:, :2].max(0)
+            self.roi = np.array([*(lo + hi) / 2, float((hi - lo).max()) * tr.roi_scale])
+
+    def _detect(self, t: int, frame: np.ndarray) -> None:
+        h, w = frame.shape[:2]
+        self.last_detection = t
+        self.detector_runs += 1
+        candidates = self.tracker._detector(frame)
+        if not candidates:
+            return
+        if self.roi is None:  # no track yet: the most prominent face is the subject
+            box, score = max(candidates, key=lambda c: prominence(c[0], c[1], w, h))
+        else:  # the candidate nearest the track; a face far from it is someone else
+            size = self.roi[2] / DETECTION_ROI
+            dists = [np.linalg.norm((b[:2] + b[2:]) / 2 - self.roi[:2]) for b, _ in candidates]
+            k = int(np.argmin(dists))
+            if dists[k] >= size:
+                return
+            box, score = candidates[k]
+        self.scores.append(score)
+        found = np.array([*(box[:2] + box[2:]) / 2, float((box[2:] - box[:2]).max()) * DETECTION_ROI])
+        if self.roi is None or _disagree(self.roi, found):
+            self.roi = found
+
+    def _mesh(self, frame: np.ndarray, mesh) -> np.ndarray | None:
+        cx, cy, s = self.roi
+        result = mesh.process(square_warp(frame, cx, cy, s, MESH_INPUT))
+        if not result.multi_face_landmarks:
+            return None
+        rel = landmark_array(result.multi_face_landmarks[0])
+        points = np.empty((N_LANDMARKS, 3), np.float32)
+        points[:, 0] = cx - s / 2 + rel[:, 0] * s
+        points[:, 1] = cy - s / 2 + rel[:, 1] * s
+        points[:, 2] = rel[:, 2] * s
+        return points
+
+    # -- stage 2: settle a frame's placement from the points around it ------------------------
+    def settled(self, t: int, key: str, last: int) -> np.ndarray | None:
+        """The smoothed placement at frame t from frames [t - H, t + H] (H = gap + half window + 1):
+        gaps up to max_gap interpolated as in the whole-clip rule, longer ones held."""
+        tr, geometry = self.tracker, self.geometries[key]
+        half = tr.smooth_window // 2
+        rows = np.clip(np.arange(t - half, t + half + 1), 0, last)
+        near = [self.params[key][i] for i in rows]
+        if all(p is not None for p in near):  # the usual case: no gap within the window
+            params = np.stack(near)
+            if geometry.angle_column is not None:
+                params[:, geometry.angle_column] = np.unwrap(params[:, geometry.angle_column])
+            return params.mean(axis=0)
+        reach = half + tr.max_gap + 1
+        lo, hi = max(0, t - reach), min(last + 1, t + reach + 1)
+        window = self.points[lo:hi]
+        valid = np.array([p is not None for p in window])
+        if not valid.any():
+            return None
+        idx = list(geometry.indices)
+        pts = np.stack([p[idx] if p is not None else np.zeros((len(idx), 3), np.float32) for p in window])
+        if not valid.all():
+            pts, filled = fill_gaps(pts, valid, tr.max_gap)
+            pts = hold_nearest(pts, filled)
+        params = geometry.params(pts.astype(np.float64))
+        if geometry.angle_column is not None:
+            params[:, geometry.angle_column] = np.unwrap(params[:, geometry.angle_column])
+        rows = np.clip(np.arange(t - half, t + half + 1), 0, last) - lo
+        return params[rows].mean(axis=0)
+
+    def make(self, t: int, frame: np.ndarray | None, last: int) -> None:
+        """Settle frame t: its face square (the crop box) and every maker's output."""
+        square = self._placement("face", t, last)
+        self.boxes.append(square)
+        for maker in self.makers:
+            params = square if maker.geometry is None else self._placement(maker.name, t, last)
+            if params is None:
+                self.pending.setdefault(maker.name, []).append(t)
+            elif frame is not None:
+                maker.add(t, frame, params)
+
+    def _placement(self, key: str, t: int, last: int) -> np.ndarray | None:
+        params = self.settled(t, key, last)
+        if params is None:  # no face within reach: hold the last placement (None before the first)
+            return self.held.get(key)
+        self.held[key] = params
+        self.first.setdefault(key, params)
+        return params
+
+
+class FaceTracker:
+    """Holds the MediaPipe graphs; build once per worker and call `track` per utterance."""
+
+    def __init__(self, max_gap: int = 5, max_missing: float = 0.2, smooth_window: int = 5,
+                 min_confidence: float = 0.5, detect_every: int = DETECT_EVERY,
+                 detect_side: int = DETECT_SIDE, roi_scale: float = ROI_SCALE):
+        os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's per-graph warnings drown progress
+        import mediapipe as mp
+
+        self.max_gap, self.max_missing, self.smooth_window = max_gap, max_missing, smooth_window
+        self.min_confidence, self.detect_every, self.roi_scale = min_confidence, detect_every, roi_scale
+        self._detector = _Detector(mp, min_confidence, detect_side)
+        self._mp = mp
+
+    @property
+    def lookahead(self) -> int:
+        """Frames held before a frame's placement is settled (gap + half window + 1)."""
+        return self.smooth_window // 2 + self.max_gap + 1
+
+    def track(self, frames: Iterable[np.ndarray], makers: Iterable[CropMaker] = (),
+              reopen: Callable[[], Iterable[np.ndarray]] | None = None) -> FaceTrack:
+        """Track the main face through `frames` (consumed once, in order) and feed the makers.
+
+        `reopen` gives the frames again from the start; it is used only when a maker has frames
+        whose placement was not settled in the first pass (the face appears late).
+        """
+        makers = list(makers)
+        state = _Pass(self, makers)
+        buffer: deque[tuple[int, np.ndarray]] = deque()
+        n = 0
         with self._mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=False, max_num_faces=1, refine_landmarks=True,
                 min_detection_confidence=self.min_confidence, min_tracking_confidence=0.5) as mesh:
-            for t in range(n):
-                cx, cy, s = det_track[t]
-                result = mesh.process(square_warp(frames[t], cx, cy, s, MESH_INPUT))
-                if not result.multi_face_landmarks:
-                    continue
-                lm = result.multi_face_landmarks[0].landmark
-                rel = np.array([(p.x, p.y, p.z) for p in lm], np.float32)
-                points[t, :, 0] = cx - s / 2 + rel[:, 0] * s
-                points[t, :, 1] = cy - s / 2 + rel[:, 1] * s
-                points[t, :, 2] = rel[:, 2] * s
-                found[t] = True
+            for t, frame in enumerate(frames):
+                state.observe(t, frame, mesh)
+                buffer.append((t, frame if makers else None))
+                n = t + 1
+                while buffer and buffer[0][0] <= t - self.lookahead:
+                    state.make(*buffer.popleft(), last=t)
+        if n == 0:
+            raise FaceError("no frames to track")
+        while buffer:
+            state.make(*buffer.popleft(), last=n - 1)
+        return self._finish(state, n, makers, reopen)
+
+    def _finish(self, state: _Pass, n: int, makers: list[CropMaker],
+                reopen: Callable[[], Iterable[np.ndarray]] | None) -> FaceTrack:
+        found = np.array([p is not None for p in state.points])
+        if not state.scores and not found.any():
+            raise FaceError(f"no face detected in any of {n} frames")
         detection_rate = float(found.mean())
         if 1 - detection_rate > self.max_missing:
             raise FaceError(f"face mesh found the face in only {detection_rate:.1%} of {n} frames "
                             f"(at most {self.max_missing:.0%} may be missing)")
+        # Frames before the face was first settled take the first settled placement (the nearest).
+        boxes_c = np.stack([state.first["face"] if b is None else b for b in state.boxes])
+        if state.pending:
+            self._second_pass(state, makers, reopen)
+        zero = np.zeros((N_LANDMARKS, 3), np.float32)
+        points = np.stack([zero if p is None else p for p in state.points])
+        state.points = []
         points, filled = fill_gaps(points, found, self.max_gap)
-        missing = np.flatnonzero(~found).tolist()
         points = hold_nearest(points, filled)
-        return self._align(frames, points, detection_rate, scores, missing)
+        origin = boxes_c[:, :2] - boxes_c[:, 2:3] / 2
+        scale = (CROP_SIZE / boxes_c[:, 2])[:, None]
+        points[:, :, :2] = (points[:, :, :2] - origin[:, None, :]) * scale[:, :, None]
+        points[:, :, 2] = points[:, :, 2] * scale
+        boxes = np.column_stack([origin, boxes_c[:, 2]]).astype(np.float32)
+        return FaceTrack(landmarks=points.astype(np.float32), boxes=boxes, detection_rate=detection_rate,
+                         detection_confidence=float(np.mean(state.scores)) if state.scores else 0.0,
+                         missing_frames=np.flatnonzero(~found).tolist(), detector_runs=state.detector_runs,
+                         outputs={m.name: m.result() for m in makers})
 
-    def _align(self, frames: np.ndarray, points: np.ndarray, detection_rate: float,
-               scores: np.ndarray, missing: list[int]) -> FaceTrack:
-        """Aligned 96x96 crops around the mesh's face oval; landmarks moved into crop pixels."""
-        x0 = points[:, _RIGHT_CHEEK, 0]
-        x1 = points[:, _LEFT_CHEEK, 0]
-        y0 = points[:, _FOREHEAD, 1]
-        y1 = points[:, _CHIN, 1]
-        side = np.maximum(np.abs(x1 - x0), np.abs(y1 - y0)) * 1.15
-        track = smooth(np.column_stack([(x0 + x1) / 2, (y0 + y1) / 2, side]), self.smooth_window)
-        crops = np.stack([square_warp(f, *track[t], CROP_SIZE) for t, f in enumerate(frames)])
-        origin = track[:, :2] - track[:, 2:3] / 2
-        scale = (CROP_SIZE / track[:, 2])[:, None]
-        local = points.copy()
-        local[:, :, :2] = (points[:, :, :2] - origin[:, None, :]) * scale[:, :, None]
-        local[:, :, 2] = points[:, :, 2] * scale
-        boxes = np.column_stack([origin, track[:, 2]]).astype(np.float32)
-        confident = scores[scores > 0]
-        return FaceTrack(landmarks=local.astype(np.float32), crops=crops, boxes=boxes,
-                         detection_rate=detection_rate,
-                         detection_confidence=float(confident.mean()) if len(confident) else 0.0,
-                         missing_frames=missing)
+    def _second_pass(self, state: _Pass, makers: list[CropMaker],
+                     reopen: Callable[[], Iterable[np.ndarray]] | None) -> None:
+        """Make the crops whose placement was unsettled in the first pass (before the face was
+        first seen): each takes its maker's first settled placement."""
+        if reopen is None:
+            raise FaceError("the face appears only late and the frames cannot be read again")
+        todo = {name: set(ts) for name, ts in state.pending.items()}
+        first_params = {m.name: state.first["face" if m.geometry is None else m.name]
+                        for m in makers if m.name in todo}
+        stop = max(max(ts) for ts in todo.values())
+        for t, frame in enumerate(reopen()):
+            for maker in makers:
+                if t in todo.get(maker.name, ()):
+                    maker.add(t, frame, first_params[maker.name])
+            if t >= stop:
+                break
+
+
+def _disagree(roi: np.ndarray, found: np.ndarray) -> bool:
+    """Whether a detection places the face clearly elsewhere than the mesh's square does."""
+    shift = np.linalg.norm(roi[:2] - found[:2]) / found[2]
+    ratio = roi[2] / found[2]
+    return bool(shift > 0.2 or ratio < 0.7 or ratio > 1.4)

@@ -1,7 +1,7 @@
 """The field registry: what each field is made from, its tar member extension and its rate.
 
-Extraction is lazy per utterance: `Sources` decodes the media and tracks the face at most once,
-and only when a requested field needs them. Audio features read the utterance's stored audio
+Extraction is lazy per utterance: `Sources` reads the video in one streaming pass and tracks the
+face at most once, and only when a requested field needs them (bounded memory: no frame stack). Audio features read the utterance's stored audio
 and parsing / tdmm its stored landmarks when those are already in the store, so adding such a
 field never touches the video. Fresh audio and landmarks pass through their storage codecs
 first, so a field computes the same bytes whether its inputs were stored earlier or not.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -26,8 +26,8 @@ from features import rgb as rgb_field
 from features import tdmm as tdmm_field
 from features.codecs import decode_npy, encode_npy
 from features.face import VERSION as FACE_VERSION
-from features.face import FaceTrack, FaceTracker, crop_to_image
-from features.media import Media, load_media
+from features.face import FaceTrack, FaceTracker
+from features.media import MediaError, Timeline, VideoStream, load_audio, quality_warnings, read_timeline
 
 
 @dataclass
@@ -39,28 +39,116 @@ class Options:
     tdmm_model: Path | None = None  # <store>/models/tdmm-<version>.npz once fitted
 
 
+FACE_FIELDS = ("rgb", "landmarks", "lip")  # fields made from the face track
+TRACKED_INPUTS = ("parsing", "tdmm")  # made from the landmarks, stored or tracked
+
+
 class Sources:
-    """One utterance's inputs, each computed once on first use."""
+    """One utterance's inputs, each computed at most once, and only for the fields wanted.
+
+    The video is read in one streaming pass (`features.media.VideoStream`): when a wanted field
+    needs the face, the tracker consumes the frames as they are decoded and the rgb / lip crop
+    makers encode their crops on the way, so no frame stack is ever held; otherwise the pass
+    only decodes, for the timeline. The audio is decoded on its own, onto that timeline.
+    """
 
     def __init__(self, row: dict, tracker: Callable[[], FaceTracker],
                  stored: dict[str, bytes] | None = None, options: Options | None = None,
-                 tdmm_model: Callable[[], "tdmm_field.MorphableModel"] | None = None):
+                 tdmm_model: Callable[[], "tdmm_field.MorphableModel"] | None = None,
+                 wanted: Iterable[str] | None = None):
         self.row, self._tracker, self.stored = row, tracker, stored or {}
         self.options = options or Options()
         self._tdmm_model = tdmm_model
+        self.wanted = set(FIELDS) if wanted is None else set(wanted)
+        self._errors: dict[str, Exception] = {}
+
+    def needs_face(self) -> bool:
+        """Whether the video pass must track the face (else it only reads the timeline)."""
+        if self.wanted & {"rgb", "lip"}:
+            return True
+        return "landmarks" not in self.stored and bool(self.wanted & {"landmarks", *TRACKED_INPUTS})
+
+    def _makers(self) -> list:
+        return ([rgb_field.FaceCrops()] if "rgb" in self.wanted else []) + \
+               ([lip_field.MouthRois()] if "lip" in self.wanted else [])
 
     @cached_property
-    def media(self) -> Media:
+    def _video(self) -> tuple[Timeline | None, FaceTrack | None]:
+        """The one pass over the video; a decode failure is kept and raised on every use."""
         r = self.row
-        return load_media(r["video_path"], r.get("audio_path"), r.get("start_s"), r.get("end_s"))
+        path, start, end = r["video_path"], r.get("start_s"), r.get("end_s")
+        stream = VideoStream(path, start, end, pixels=self.needs_face())
+        face = None
+        try:
+            if self.needs_face():
+                try:
+                    face = self._tracker().track(stream, self._makers(),
+                                                 reopen=lambda: VideoStream(path, start, end))
+                except MediaError:
+                    raise
+                except Exception as exc:  # no usable face: the audio fields still get their timeline
+                    self._errors["face"] = exc
+            else:
+                for _ in stream:
+                    pass
+            timeline = stream.timeline or read_timeline(path, start, end)
+        except MediaError as exc:
+            self._errors["video"] = exc
+            return None, None
+        return timeline, face
+
+    @property
+    def timeline(self) -> Timeline:
+        timeline, _ = self._video
+        if timeline is None:
+            raise self._errors["video"]
+        return timeline
+
+    @property
+    def face(self) -> FaceTrack:
+        timeline, face = self._video
+        if timeline is None:
+            raise self._errors["video"]
+        if face is None:
+            raise self._errors.get("face") or RuntimeError("the face was not tracked (no face field wanted)")
+        return face
 
     @cached_property
-    def face(self) -> FaceTrack:
-        return self._tracker().track(self.media.frames)
+    def _decoded_audio(self) -> tuple[np.ndarray, dict]:
+        try:
+            return load_audio(self.row["video_path"], self.row.get("audio_path"), self.timeline)
+        except MediaError as exc:
+            self._errors["audio"] = exc
+            raise
+
+    def facts(self) -> dict | None:
+        """Source facts and decode figures for the meta field (None when the video was not read),
+        with the quality figures: expected / decoded frames, audio coverage and `warnings`."""
+        if "_video" not in self.__dict__ or self._video[0] is None:
+            return None
+        facts = dict(self.timeline.facts)
+        if "_decoded_audio" not in self.__dict__ and "audio" not in self._errors:
+            try:  # meta reports audio coverage even when no audio field was wanted
+                self._decoded_audio
+            except MediaError:
+                pass
+        if "_decoded_audio" in self.__dict__:
+            facts.update(self._decoded_audio[1])
+        warnings = quality_warnings(facts)
+        if "audio" in self._errors:
+            facts["audio_coverage"] = 0.0
+            warnings.append(f"no audio: {self._errors['audio'].reason}")
+        if self.__dict__.get("_video", (None, None))[1] is not None:
+            missing = len(self._video[1].missing_frames)
+            if missing:
+                warnings.append(f"face: mesh missed {missing} of {facts['n_frames']} frames "
+                                f"(interpolated or held)")
+        facts["warnings"] = warnings
+        return facts
 
     @cached_property
     def audio_bytes(self) -> bytes:
-        return self.stored.get("audio") or audio_field.encode(self.media.audio)
+        return self.stored.get("audio") or audio_field.encode(self._decoded_audio[0])
 
     @cached_property
     def audio(self) -> np.ndarray:
@@ -75,6 +163,10 @@ class Sources:
     def landmarks(self) -> np.ndarray:
         """The landmarks as stored (float16 crop pixels), as float32."""
         return landmarks_field.decode(self.landmarks_bytes).astype(np.float32)
+
+    def crops(self, name: str) -> bytes:
+        """The bytes a crop maker made during the tracking pass (rgb, lip)."""
+        return self.face.outputs[name]
 
     def tdmm_model(self) -> "tdmm_field.MorphableModel":
         if self._tdmm_model is None:
@@ -99,7 +191,7 @@ FIELDS: dict[str, Field] = {f.name: f for f in [
     Field("audio", "flac", 16000, audio_field.VERSION, "decode",
           lambda s: s.audio_bytes, audio_field.decode),
     Field("rgb", "rgb.jpgs", 25, f"{rgb_field.VERSION}+{FACE_VERSION}", "face",
-          lambda s: rgb_field.encode(s.face.crops), rgb_field.decode),
+          lambda s: s.crops("rgb"), rgb_field.decode),
     Field("landmarks", "landmarks.npy", 25, FACE_VERSION, "face",
           lambda s: s.landmarks_bytes, landmarks_field.decode),
     Field("mel", "mel.npy", 80, mel_field.VERSION, "feature",
@@ -115,8 +207,7 @@ FIELDS: dict[str, Field] = {f.name: f for f in [
               s.audio, s.options.hubert_model, s.options.hubert_layer)),
           hubert_field.decode, needs=("audio",), gpu=True),
     Field("lip", "lip.jpgs", 25, f"{lip_field.VERSION}+{FACE_VERSION}", "face",
-          lambda s: lip_field.encode(lip_field.mouth_rois(
-              s.media.frames, crop_to_image(s.face.landmarks, s.face.boxes))), lip_field.decode),
+          lambda s: s.crops("lip"), lip_field.decode),
     Field("fbank", "fbank.npy", 100, fbank_field.VERSION, "feature",
           lambda s: fbank_field.encode(s.audio), fbank_field.decode, needs=("audio",)),
 ]}

@@ -1,12 +1,21 @@
-"""RGB field: aligned 96x96 face crops per frame as a JPEG sequence (q95), decodable per frame."""
+"""RGB field: aligned 96x96 face crops per frame as a JPEG sequence (q95), decodable per frame.
+
+`FaceCrops` is the crop maker the face tracker feeds while it streams through a clip: each crop
+is cut and JPEG-encoded as soon as its frame's track is settled, so only the JPEG bytes (a few
+kB per frame) are kept.
+"""
 from __future__ import annotations
+
+import struct
 
 import numpy as np
 
 from features.codecs import decode_jpeg_sequence, encode_jpeg_sequence
+from features.face import CROP_SIZE, Geometry, square_warp
 
 VERSION = "jpeg95-1"
 QUALITY = 95
+_U32 = struct.Struct("<I")
 
 
 def encode(crops: np.ndarray) -> bytes:
@@ -16,3 +25,44 @@ def encode(crops: np.ndarray) -> bytes:
 def decode(data: bytes, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Frames [start, stop) as (k, 96, 96, 3) uint8; only those frames are decoded."""
     return decode_jpeg_sequence(data, start, stop)
+
+
+class JpegSequence:
+    """A JPEG sequence built one frame at a time, in any order: the same bytes as
+    `codecs.encode_jpeg_sequence` on the frames in index order (a uint32 count, the uint32
+    lengths, then the JPEGs)."""
+
+    def __init__(self, quality: int = QUALITY):
+        self.quality, self.parts = quality, {}
+
+    def add(self, t: int, image: np.ndarray) -> None:
+        import cv2
+
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]),
+                               [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            raise ValueError("JPEG encoding failed")
+        self.parts[t] = buf.tobytes()
+
+    def getvalue(self) -> bytes:
+        if sorted(self.parts) != list(range(len(self.parts))):
+            raise ValueError(f"JPEG sequence is missing frames: has {len(self.parts)} of "
+                             f"{max(self.parts, default=-1) + 1}")
+        jpegs = [self.parts[t] for t in range(len(self.parts))]
+        return _U32.pack(len(jpegs)) + b"".join(_U32.pack(len(j)) for j in jpegs) + b"".join(jpegs)
+
+
+class FaceCrops:
+    """Crop maker for the rgb field: the aligned face square of each frame, 96x96, JPEG q95."""
+
+    name = "rgb"
+    geometry: Geometry | None = None  # the face square the tracker settles
+
+    def __init__(self):
+        self.sequence = JpegSequence(QUALITY)
+
+    def add(self, t: int, frame: np.ndarray, params: np.ndarray) -> None:
+        self.sequence.add(t, square_warp(frame, *params, CROP_SIZE))
+
+    def result(self) -> bytes:
+        return self.sequence.getvalue()

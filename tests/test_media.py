@@ -71,3 +71,60 @@ def test_real_clip_frame_counts_follow_the_rule(real_corpus):
         media = load_media(real_corpus / f"{utt}.mp4")
         assert media.n_frames == n, utt
         assert len(media.audio) == 640 * n
+
+
+@pytest.mark.parametrize("kind", ["25fps", "30fps", "60fps", "10fps", "uneven", "duplicates"])
+def test_streaming_grid_matches_the_whole_clip_rule(kind):
+    """GridMapper settles slots one source frame at a time and gives exactly grid_indices."""
+    from features.media import GridMapper
+
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 3, 7, 50, 199):
+        pts = {"25fps": np.arange(n) / 25, "30fps": np.arange(n) / 30, "60fps": np.arange(n) / 60,
+               "10fps": np.arange(n) / 10, "uneven": np.cumsum(rng.uniform(0.01, 0.08, n)),
+               "duplicates": np.sort(rng.integers(0, 40, n)) / 25}[kind]
+        pts = pts - pts[0]
+        expected = grid_indices(pts)
+        mapper, got = GridMapper(), []
+        for p in pts:
+            got += mapper.push(float(p))
+        assert all(slot < len(expected) for slot, _ in got)  # never a slot the final count drops
+        got += mapper.finish()
+        assert [s for s, _ in got] == list(range(len(got)))
+        assert np.array_equal(np.array([i for _, i in got], dtype=np.int64), expected), (kind, n)
+
+
+def test_stream_holds_few_frames_and_matches_load_media(tmp_path):
+    from features.media import VideoStream
+
+    path = write_video(tmp_path / "v.mp4", noise_frames(40), fps=30, audio=tone(1.4))
+    stream = VideoStream(path)
+    frames = [f.copy() for f in stream]
+    assert len(frames) == stream.timeline.n_frames == round(40 / 30 * 25)
+    assert np.array_equal(np.stack(frames), load_media(path).frames)
+    facts = stream.timeline.facts
+    assert facts["decoded_frames"] == facts["expected_frames"] == len(frames)
+    seg = VideoStream(path, start_s=0.4, end_s=1.0)
+    assert np.array_equal(np.stack(list(seg)), np.stack(frames[10:25]))
+    assert seg.timeline.n_frames == 15 and seg.timeline.first == 10
+
+
+def test_jpeg_sequence_built_per_frame_equals_the_codec():
+    from features.codecs import encode_jpeg_sequence
+    from features.rgb import JpegSequence
+
+    frames = noise_frames(6, 96)
+    seq = JpegSequence(95)
+    for t in [3, 0, 5, 1, 2, 4]:  # any order: the second pass fills early frames last
+        seq.add(t, frames[t])
+    assert seq.getvalue() == encode_jpeg_sequence(frames, 95)
+
+
+def test_short_audio_is_measured_not_hidden(tmp_path):
+    from features.media import quality_warnings
+
+    path = write_video(tmp_path / "v.mp4", noise_frames(120), audio=tone(1.0))
+    media = load_media(path)
+    assert media.n_frames == 120 and len(media.audio) == 120 * 640
+    assert media.facts["audio_coverage"] == pytest.approx(1.0 / 4.8, abs=0.02)
+    assert any(w.startswith("audio covers 21%") for w in quality_warnings(media.facts))

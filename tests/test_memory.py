@@ -1,0 +1,134 @@
+"""Bounded memory on HD input, and partial input kept and flagged (nothing silent).
+
+The memory test runs the real worker (pipelines/worker.py, every CPU field) in a child process on
+an 8 s 1920x1080 clip built from the shared real clips, and asserts the child's peak RSS. Before
+streaming (every frame decoded at full resolution, then stacked) the same run peaked at about
+2.6 GB (3.8 GB at 12 s: it grew by ~2 x 6.2 MB per frame); streamed it stays near 0.6 GB, most
+of it the libraries (MediaPipe, torch, librosa), whatever the clip's length.
+"""
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REAL_CORPUS
+
+HD_SECONDS = 8
+HD_BOUND = 1.5 * 1024 ** 3  # well under the documented 2 GiB; today's code needed ~2.6 GB here
+
+
+@pytest.fixture(scope="module")
+def talking_clip(tmp_path_factory) -> Path:
+    """A 5 s synthetic talking face (MediaPipe finds it), H.264 + AAC, 125 frames."""
+    from pipelines.synthetic import generate_corpus
+
+    root = tmp_path_factory.mktemp("talk")
+    return generate_corpus(root, n_speakers=1, n_utterances=1, min_seconds=5.0, max_seconds=5.0, seed=3,
+                           progress=False)[0]
+
+
+def damage_video_packets(src: Path, dst: Path, first: int, last: int) -> Path:
+    """A copy of `src` whose video packets [first, last) hold random bytes (the container stays
+    valid, so the demuxer goes on and the decoder meets garbage mid-stream)."""
+    import av
+
+    data = bytearray(src.read_bytes())
+    with av.open(str(src)) as c:
+        packets = [(p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size]
+    rng = np.random.default_rng(0)
+    for pos, size in packets[first:last]:
+        data[pos + 8:pos + size] = rng.integers(0, 256, size - 8, dtype=np.uint8).tobytes()
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def with_short_audio(src: Path, dst: Path, audio_seconds: float) -> Path:
+    """`src`'s frames re-encoded with only its first `audio_seconds` of audio."""
+    import av
+
+    from features.media import load_media
+
+    media = load_media(src)
+    with av.open(str(dst), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = media.frames.shape[2], media.frames.shape[1], "yuv420p"
+        audio = out.add_stream("aac", rate=16000)
+        audio.layout = "mono"
+        for i, img in enumerate(media.frames):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            for packet in video.encode(frame):
+                out.mux(packet)
+        samples = media.audio[: int(audio_seconds * 16000)]
+        for i in range(0, len(samples), 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, i:i + 1024]),
+                                               format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 16000, i, Fraction(1, 16000)
+            for packet in audio.encode(frame):
+                out.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode():
+                out.mux(packet)
+    return dst
+
+
+def extract_one(video: Path, store: Path, fields: list[str]) -> tuple[dict, dict]:
+    """The worker on a one-utterance shard: (meta sidecar entry, meta member)."""
+    from benchmarks.memory import utterance_row
+    from catalog.layout import sidecar_path, tar_path
+    from catalog.tars import read_member
+    from pipelines.worker import extract_shard
+
+    row = utterance_row(video)
+    extract_shard(str(store), "folder", 0, [row], fields)
+    side = json.loads(sidecar_path(store, "folder", "meta", 0).read_text())
+    meta = json.loads(read_member(tar_path(store, "folder", "meta", 0), row["key"])["json"])
+    return side["members"][0], meta
+
+
+def test_damaged_middle_is_kept_and_flagged(talking_clip, tmp_path):
+    damaged = damage_video_packets(talking_clip, tmp_path / "damaged.mp4", 40, 70)
+    entry, meta = extract_one(damaged, tmp_path / "store", ["audio", "landmarks", "meta"])
+    cols = entry["columns"]
+    # all 5 s are kept (the old decoder stopped at the first bad packet: 38 frames, "ok")
+    assert cols["n_frames"] == cols["expected_frames"] == 125
+    assert 80 <= cols["decoded_frames"] <= 110  # ~30 packets lost, minus the frames beside the hole
+    assert any(w.startswith("video damaged") for w in cols["warnings"]), cols["warnings"]
+    assert any("failed to decode" in w for w in cols["warnings"])
+    assert meta["source"]["facts"]["decode_errors"] >= 20
+    assert cols["audio_coverage"] == pytest.approx(1.0, abs=0.01)
+    assert meta["warnings"] == cols["warnings"] and not meta["errors"]
+
+
+def test_short_audio_is_kept_and_flagged(talking_clip, tmp_path):
+    clip = with_short_audio(talking_clip, tmp_path / "short_audio.mp4", 1.0)
+    entry, meta = extract_one(clip, tmp_path / "store", ["audio", "mel", "meta"])
+    cols = entry["columns"]
+    assert cols["n_frames"] == 125 and cols["decoded_frames"] == 125
+    assert cols["audio_coverage"] == pytest.approx(1.0 / 5.0, abs=0.03)
+    assert any(w.startswith("audio covers 2") for w in cols["warnings"]), cols["warnings"]
+    assert not meta["errors"]  # kept: the audio is padded, and says so
+
+
+def test_clean_clip_has_no_warnings(talking_clip, tmp_path):
+    entry, _ = extract_one(talking_clip, tmp_path / "store", ["audio", "meta"])
+    cols = entry["columns"]
+    assert cols["warnings"] == [] and cols["decoded_frames"] == cols["n_frames"] == 125
+    assert cols["audio_coverage"] >= 0.99
+
+
+@pytest.mark.skipif(not any(REAL_CORPUS.glob("*/*.mp4")), reason=f"real clips not found at {REAL_CORPUS}")
+def test_hd_clip_every_cpu_field_within_the_memory_bound(tmp_path):
+    from benchmarks.memory import CPU_FIELDS, build_clip, measure_child
+
+    hd = build_clip(tmp_path / "hd.mp4", sorted(REAL_CORPUS.glob("*/*.mp4")), HD_SECONDS, 1920, 1080,
+                    progress=False)
+    report = measure_child(hd, CPU_FIELDS, timeout=600)
+    meta = report["meta"]
+    assert meta["n_frames"] == 25 * HD_SECONDS and not meta["errors"], meta
+    assert meta["detection_rate"] >= 0.99 and meta["warnings"] == []
+    assert report["peak_rss"] < HD_BOUND, f"peak RSS {report['peak_rss'] / 2 ** 30:.2f} GiB"

@@ -66,3 +66,42 @@ def test_correction_restores_lag_zero_on_shift_variants(tmp_path, shift):
     audio_frames = [field_start(utt, "audio", t) for t in frames]
     corrected_loud = loud[audio_frames]
     assert best_lag(mouth, corrected_loud) == 0
+
+
+def test_loader_applies_the_catalog_offset_when_asked(tmp_path):
+    """training.data / windows / loader: rows read with sync_offset re-pair the audio windows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from catalog.layout import table_path
+    from tests.test_training import DATASET, make_store
+    from training.data import read_catalog, stream_utterances
+    from training.loader import RankData
+    from training.windows import raw_window
+
+    store = make_store(tmp_path / "store", utts_per_speaker=2, n_frames=40, speakers=3, broken=False,
+                       split_of={0: "train", 1: "train", 2: "val"})
+    path = table_path(store, "utterances")
+    table = pq.read_table(path)
+    offsets = [-3 if i % 2 == 0 else None for i in range(table.num_rows)]
+    pq.write_table(table.append_column("sync_offset", pa.array(offsets, pa.int32())), path)
+
+    fields = ["mel", "landmarks"]
+    plain = {u.utt_id: u for u in stream_utterances(store, fields, read_catalog(store, fields))}
+    rows = read_catalog(store, fields, extra=("sync_offset",))
+    corrected = {u.utt_id: u for u in stream_utterances(store, fields, rows)}
+    for row in rows:
+        p, c = plain[row["utt_id"]], corrected[row["utt_id"]]
+        if row["sync_offset"] is None:
+            assert c.sync is None and c.n_frames == p.n_frames
+            continue
+        assert c.sync.audio_delay == 3 and c.n_frames == p.n_frames - 3
+        for t in (0, c.n_windows - 1):  # audio windows come 3 frames later, visual ones in place
+            assert np.array_equal(raw_window(c, "mel", t), raw_window(p, "mel", t + 3))
+            assert np.array_equal(raw_window(c, "landmarks", t), raw_window(p, "landmarks", t))
+    data = RankData.from_store(str(store), "mel", "landmarks", 0, 1, 0, sync_correct=True,
+                               cross_speaker_ratio=0.0)
+    summary = data.describe()["sync_correction"]
+    assert summary["shifted"] == summary["scored"] and summary["frames_trimmed"] == 3 * summary["shifted"]
+    assert "sync_correction" not in RankData.from_store(str(store), "mel", "landmarks", 0, 1, 0,
+                                                        cross_speaker_ratio=0.0).describe()

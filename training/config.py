@@ -55,6 +55,9 @@ class TrainConfig:
     threads: int = _opt(0, "torch CPU threads (0: torch's default)")
     device: str = _opt("auto", "'auto' (cuda if available), 'cpu', 'cuda', ...")
     dtype: str = _opt("bf16", "autocast dtype on CUDA (CPU always runs float32)", choices=("bf16", "fp32"))
+    sync_correct: bool = _opt(False, "apply each utterance's catalog sync_offset (pipelines/sync_pass.py) to "
+                                     "its audio fields when cutting windows; the unpaired end frames are "
+                                     "dropped and counted (training/sync_correction.py)")
     landmarks_center: bool = _opt(True, "subtract each utterance's mean landmark shape / 3DMM coefficients",
                                   aliases=("--center",))
     print_model: bool = _opt(False, "print parameters and multiply-adds per pair of --combo at --width and exit")

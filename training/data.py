@@ -40,6 +40,7 @@ from catalog.layout import table_path, tar_path
 from features.codecs import jpeg_sequence_length
 from features.fields import ERROR_EXT, FIELDS
 from features.timebase import WINDOW, n_windows, window_slice
+from training import sync_correction
 
 CROP = 96  # face crops (rgb, parsing, landmarks coordinates) are 96 x 96 pixels
 LANDMARK_SCALE = 4.0  # centred landmark deltas are a few pixels: x4 after mapping to [-1, 1]
@@ -66,6 +67,7 @@ class Utterance:
     shard: tuple[str, int] | None = None
     frame_cache: dict[int, np.ndarray] | None = None  # decoded rgb lower halves (--cache-frames)
     image_scale: float = 1.0  # rgb / parsing windows at this scale (fit.py --image-scale)
+    sync: Any = None  # training.sync_correction.SyncCorrection when the loader re-pairs the audio
 
     @property
     def n_windows(self) -> int:
@@ -90,7 +92,8 @@ def ext_of(name: str) -> str:
 ROW_COLUMNS = ("utt_id", "key", "dataset", "speaker_id", "split", "shard_id", "index_in_shard", "n_frames")
 
 
-def read_catalog(store: Path | str, fields: Iterable[str] | None = None) -> list[dict]:
+def read_catalog(store: Path | str, fields: Iterable[str] | None = None,
+                 extra: Iterable[str] = ()) -> list[dict]:
     """Rows of `<store>/catalog/utterances.parquet`: every column, or with `fields` only what
     the trainer reads (ROW_COLUMNS and those fields' status columns; a fraction of the bytes of a
     wide catalog)."""
@@ -103,7 +106,7 @@ def read_catalog(store: Path | str, fields: Iterable[str] | None = None) -> list
     if fields is None:
         return pq.read_table(path).to_pylist()
     names = set(pq.read_schema(path).names)
-    wanted = [*ROW_COLUMNS, *(f"field_{f}" for f in fields)]
+    wanted = [*ROW_COLUMNS, *(f"field_{f}" for f in fields), *extra]  # extra: e.g. sync_offset
     return pq.read_table(path, columns=[c for c in wanted if c in names]).to_pylist()
 
 
@@ -267,6 +270,8 @@ def read_shard(store: Path | str, fields: list[str], shard: Shard, keys: list[st
                 if norm is not None:
                     utt.norm[name] = norm
                 utt.n_frames = frames_covered(name, _length(name, value), utt.n_frames)
+            if row.get("sync_offset") is not None:  # rows carry it only when sync correction is on
+                sync_correction.apply(utt, row["sync_offset"])
             if utt.n_windows > 0:
                 yield utt
     except FileNotFoundError as exc:

@@ -94,7 +94,7 @@ def train(cfg: TrainConfig) -> dict:
             batch_size=cfg.batch_size, cross_speaker_ratio=cfg.cross_speaker_ratio,
             buffer_shards=cfg.buffer_shards, refresh_every=cfg.refresh_every,
             image_scale=cfg.image_scale, cache_frames=cfg.cache_frames,
-            landmarks_center=cfg.landmarks_center)
+            landmarks_center=cfg.landmarks_center, sync_correct=cfg.sync_correct)
         ranks = dist.gather(data.describe())  # also checks every rank's cross-speaker audio
         first = data.first_utterance()
         held = load_splits(cfg.store, combo_fields(cfg.combo), ["val", "test"],
@@ -145,7 +145,9 @@ def train(cfg: TrainConfig) -> dict:
               f"{ranks[0]['utterances']} utts / {ranks[0]['speakers']} speakers from "
               f"{len(ranks[0]['shards'])} of {len(data.spec.all_shards)} train shards; val "
               f"{len(held['val'])}, test {len(held['test'])}; loaded in {load_seconds:.1f}s"
-              + (f"; resumed at step {start}" if start else ""), file=sys.stderr)
+              + (f"; resumed at step {start}" if start else "")
+              + (f"; sync correction {ranks[0]['sync_correction']}" if "sync_correction" in ranks[0] else ""),
+              file=sys.stderr)
 
     metrics = None
     if master:

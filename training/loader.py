@@ -40,6 +40,7 @@ from training.data import (Shard, ShardBuffer, Utterance, foreign_audio_shards, 
                            read_catalog, read_shard, rows_by_shard, select_rows, shard_plan)
 from training.sampler import PairSampler
 from training.windows import Batch, make_batch
+from training.sync_correction import summarize
 
 
 @dataclass
@@ -175,9 +176,10 @@ class RankData:
 
     @classmethod
     def from_store(cls, store: str, audio: str, visual: str, rank: int, world: int, workers: int,
-                   **settings) -> "RankData":
-        """Catalog rows -> this rank's spec: one pass over the rows, no tar opened."""
-        all_rows = read_catalog(store, [audio, visual])
+                   sync_correct: bool = False, **settings) -> "RankData":
+        """Catalog rows -> this rank's spec: one pass over the rows, no tar opened. With
+        `sync_correct` the rows carry the catalog's sync_offset, which the loader applies."""
+        all_rows = read_catalog(store, [audio, visual], extra=("sync_offset",) if sync_correct else ())
         rows = select_rows(all_rows, [audio, visual], ["train"], store)
         by_shard = rows_by_shard(rows)
         all_shards = sorted(by_shard)
@@ -237,4 +239,5 @@ class RankData:
                 "buffered": sum(self.spec.buffer_size(self.n_streams) or
                                 len(self.spec.stream_shards(i, self.n_streams))
                                 for i in range(self.n_streams)),
-                "foreign_audio_utterances": foreign}
+                "foreign_audio_utterances": foreign,
+                **({"sync_correction": summarize(rows)} if rows and "sync_offset" in rows[0] else {})}

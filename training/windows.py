@@ -31,6 +31,7 @@ import torch
 
 from features.codecs import decode_jpeg_sequence
 from features.timebase import WINDOW, window_slice
+from training import sync_correction
 from training.data import Utterance, rate_of
 from training.sampler import KINDS, Pair
 
@@ -38,9 +39,9 @@ IMAGE_FIELDS = ("rgb", "lip")  # JPEG sequences: uint8 pixels, / 255 on the devi
 
 
 def field_start(utt: Utterance, name: str, t: int) -> int:
-    """The frame at which field `name`'s window of video frame t starts (the sync hook: a
-    per-utterance audio offset correction would shift audio fields here)."""
-    return t
+    """The frame at which field `name`'s window of video frame t starts: t, unless the loader
+    applied a sync correction (training/sync_correction.py: audio fields shifted by the offset)."""
+    return sync_correction.field_start(utt, name, t)
 
 
 def raw_window(utt: Utterance, name: str, t: int) -> np.ndarray:

@@ -196,3 +196,27 @@ def cut_points(probe: Probe, max_seconds: float, faces: bool = True) -> list[tup
                                            ("max", pieces > 1)) if on) or "whole"
             out.extend((round(lo_f / FPS, 4), round(hi_f / FPS, 4), why) for lo_f, hi_f in zip(edges, edges[1:]))
     return out
+
+
+def main(argv=None) -> int:
+    """`python -m features.shots VIDEO --max-seconds S`: the probe's cuts and segments as JSON."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description="Probe one video and print its shot cuts and the "
+                                            "segments --max-seconds would plan (pipelines/probe.py).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("video", type=Path)
+    p.add_argument("--max-seconds", type=float, default=10.0, help="longest segment")
+    args = p.parse_args(argv)
+    probe = probe_video(args.video)
+    segments = [{"start_s": s, "end_s": e, "why": w} for s, e, w in cut_points(probe, args.max_seconds)]
+    print(json.dumps({"duration_s": probe.duration_s, "source_frames": probe.source_frames,
+                      "cuts_s": probe.cuts_s, "probe_seconds": probe.seconds,
+                      "face_samples_without_face": sum(b is None for _, b in probe.faces),
+                      "segments": segments}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

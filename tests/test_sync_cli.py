@@ -35,27 +35,26 @@ def test_score_cli_on_synthetic_clips(tmp_path, weights, capsys):
                             max_seconds=1.8, seed=3, progress=False)
     (tmp_path / "clips" / "broken.mp4").write_text("not a video")
     out, plots, crops = tmp_path / "out", tmp_path / "plots", tmp_path / "crops"
-    rc = run([tmp_path / "clips", "--syncnet-weights", weights, "--crop", "pipeline", "frame",
+    rc = run([tmp_path / "clips", "--syncnet-weights", weights, "--crop", "pipeline",
               "--max-seconds", "1.2", "--out", out, "--plots", plots, "--save-crops", crops])
     assert rc == 1  # the broken file fails; the others are scored
     rows = read_csv(out / "scores.csv")
-    assert [(r["protocol"], bool(r["error"])) for r in rows] == \
-        [("pipeline", True), ("frame", True), ("pipeline", False), ("frame", False)]
+    assert [(r["protocol"], bool(r["error"])) for r in rows] == [("pipeline", True), ("pipeline", False)]
     ok = [r for r in rows if not r["error"]]
     assert all(r["scorer"] == "syncnet" and r["scorer_version"].startswith("syncnet_python-v2+") for r in ok)
     assert all(int(r["frames_scored"]) == 25 for r in ok)  # 30 frames -> 25 windows (min_length - 5)
     assert "broken.mp4" in rows[0]["video"] and rows[0]["error"]
     report = json.loads((out / "scores.json").read_text())
-    assert {m["protocol"]: m["scored"] for m in report["means"]} == {"pipeline": 1, "frame": 1}
+    assert [(m["protocol"], m["videos"], m["scored"]) for m in report["means"]] == [("pipeline", 2, 1)]
     scored = [r for r in report["rows"] if not r["error"]]
     assert all(len(r["mean_dist"]) == 31 and len(r["framewise_confidence"]) == 25 for r in scored)
-    assert len(list(plots.glob("*.png"))) == 2
+    assert len(list(plots.glob("*.png"))) == 1
     assert "LSE-D" in capsys.readouterr().out
     # the saved pipeline crops score to the same figures under protocol `none`
     [saved] = list(crops.glob("*.mkv"))
     assert run([saved, "--syncnet-weights", weights, "--crop", "none", "--out", tmp_path / "again"]) == 0
     [again] = read_csv(tmp_path / "again" / "scores.csv")
-    pipeline = next(r for r in ok if r["protocol"] == "pipeline")
+    [pipeline] = ok
     assert (again["offset"], again["lse_d"], again["lse_c"], again["frames_scored"]) == \
         (pipeline["offset"], pipeline["lse_d"], pipeline["lse_c"], pipeline["frames_scored"])
 

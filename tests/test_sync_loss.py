@@ -27,7 +27,8 @@ def trained_expert(tmp_path_factory):
     out = root / "run"
     torch.manual_seed(0)
     train(parse_args(["--combo", "mel_landmarks", "--store", str(store), "--out", str(out),
-                      "--width", "0.25", "--steps", "300", "--eval-every", "0", "--eval-pairs", "200",
+                      "--width", "0.25", "--steps", "80", "--batch-size", "32", "--lr", "1e-3", "--workers", "0",
+                      "--eval-every", "0", "--eval-pairs", "100",
                       "--offset-windows", "0", "--log-every", "100", "--threads", "1", "--no-progress"]))
     return store, out / "checkpoint.pt"
 

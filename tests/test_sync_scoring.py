@@ -110,6 +110,7 @@ def test_table_lse_and_offset_by_hand():
     assert score.min_dist == pytest.approx(0.75, abs=2e-6)  # LSE-D
     assert score.confidence == pytest.approx(1.25, abs=2e-6)  # LSE-C = median - min = 2 - 0.75
     assert score.windows == 4
+    assert score.window_offsets().tolist() == [1, -1, -1, 0]  # per-window argmin (first on ties), V - k
 
 
 def test_table_matches_the_reference_loop_and_padding_rule():

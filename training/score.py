@@ -114,7 +114,8 @@ def score_one(video: str, protocol: str, config: dict, max_frames: int | None,
         row.update(offset=s.offset, lse_d=round(s.min_dist, 6), lse_c=round(s.confidence, 6),
                    frames_scored=s.windows, edges=s.edges, vshift=s.vshift,
                    mean_dist=[round(x, 6) for x in s.mean_dist],
-                   framewise_confidence=[round(x, 6) for x in s.framewise_confidence])
+                   framewise_confidence=[round(x, 6) for x in s.framewise_confidence],
+                   window_offsets=s.window_offsets().tolist())
     except Exception as exc:  # a bad file is a row with its reason, not a crash of the batch
         row["error"] = f"{type(exc).__name__}: {exc}"
     row["seconds"] = round(time.perf_counter() - started, 2)

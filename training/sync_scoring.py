@@ -85,6 +85,11 @@ class SyncScore:
         """The offset each entry of `mean_dist` stands for (V - k), as the reference prints."""
         return self.vshift - np.arange(2 * self.vshift + 1)
 
+    def window_offsets(self) -> np.ndarray:
+        """Per window, the offset of its smallest distance (the per-window protocol of
+        training/evaluate.py, on the reference's sign); edge windows see padded entries."""
+        return self.vshift - np.argmin(self.table, axis=1)
+
     def summary(self) -> dict:
         d = asdict(self)
         d.pop("table")

@@ -152,13 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {name}; width {args.width}, batch {args.batch_size}, "
           f"{'bf16 autocast' if device.type == 'cuda' and args.dtype == 'bf16' else 'float32'}")
     print(f"{'combo':<18}{'params':>10}{'steps/s':>10}{'pairs/s':>10}"
-          + (f"{'loader/core':>13}{'ratio':>7}{f'loader {args.workers}w':>12}{'ratio':>7}" if args.store else ""))
+          + (f"{'loader/core':>13}{'ratio':>9}" if args.store else "")
+          + (f"{f'loader {args.workers}w':>12}{'ratio':>9}" if args.store and args.workers else ""))
     for r in results:
         line = f"{r['combo']:<18}{r['params'] / 1e6:>9.2f}M{r['steps_per_s']:>10.2f}{r['pairs_per_s']:>10.0f}"
         if args.store:
-            line += f"{r['loader_per_core']:>13.0f}{r['ratio_per_core']:>7.2f}"
+            line += f"{r['loader_per_core']:>13.0f}{r['ratio_per_core']:>9.2f}"
             if "loader_workers" in r:
-                line += f"{r['loader_workers']:>12.0f}{r['ratio_workers']:>7.2f}"
+                line += f"{r['loader_workers']:>12.0f}{r['ratio_workers']:>9.2f}"
         print(line)
     if args.store:
         print("ratio = loader windows/s / the step's pairs/s (>= 1: the device never waits for data)")

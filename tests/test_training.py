@@ -536,7 +536,7 @@ def test_offset_protocols_on_a_known_sync_matrix():
 def fit_args(store, out, *extra):
     return parse_args(["--combo", "mel_landmarks", "--store", str(store), "--out", str(out),
                        "--width", "0.25", "--lr", "1e-3", "--batch-size", "32", "--no-progress",
-                       "--threads", "1", *extra])
+                       "--threads", "1", "--workers", "1", *extra])  # one loader worker on any machine
 
 
 def test_fit_lowers_the_loss_and_writes_its_outputs(store, tmp_path):

@@ -16,6 +16,7 @@ Then it measures, each in a fresh process (seconds and peak resident memory of t
 - build:   catalog.build.build_catalog over every field, given the plan rows that
            pipelines/extract.py holds (catalog.plan.read_plan, timed separately);
 - verify:  catalog.verify.verify of the meta field (every shard's tar read and hashed);
+- summary: catalog.summary.summarize, then one SQL quality filter (catalog.sql.run_sql);
 - trainer: training.loader.RankData.from_store (mel_landmarks, --buffer-shards) and the first
            batch out of RankData.batches, without the torch import.
 
@@ -43,6 +44,7 @@ if str(REPO) not in sys.path:
 DATASET = "bench"
 FIELDS = ["landmarks", "mel", "meta"]
 TRAIN_FRAMES = 25  # utterances of the train shards: 1 s, 21 windows
+PHASES = ("build", "verify", "summary", "trainer")
 MARKER = "fabricated.json"  # written last: the store is complete (--keep stores are reused)
 
 
@@ -60,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="working folder (default: %(default)s)")
     p.add_argument("--keep", action="store_true",
                    help="keep the fabricated stores, and reuse kept ones of the same size")
-    p.add_argument("--phase", choices=["fabricate", "build", "verify", "trainer"], default=None,
+    p.add_argument("--phase", choices=["fabricate", "build", "verify", "summary", "trainer"], default=None,
                    help=argparse.SUPPRESS)  # internal: run one phase in this process
     p.add_argument("--store", type=Path, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -173,6 +175,20 @@ def phase_verify(store: Path) -> dict:
             "problems": report["n_problems"], "peak_mb": _peak_mb()}
 
 
+def phase_summary(store: Path) -> dict:
+    from catalog.sql import run_sql
+    from catalog.summary import summarize
+
+    started, cpu = time.perf_counter(), _cpu()
+    s = summarize(store)
+    summary_s = time.perf_counter() - started
+    usable = run_sql(store, "SELECT count(*) AS n FROM utterances WHERE status = 'ok' "
+                            "AND audio_coverage >= 0.95 AND len(warnings) = 0")["n"][0].as_py()
+    return {"seconds": round(summary_s, 2), "cpu_seconds": round(_cpu() - cpu, 2),
+            "sql_quality_filter_seconds": round(time.perf_counter() - started - summary_s, 2),
+            "utterances": s["utterances"], "usable": usable, "peak_mb": _peak_mb()}
+
+
 def phase_trainer(store: Path, buffer_shards: int) -> dict:
     import torch  # noqa: F401  (imported before the clock starts: not a start-up cost of the store)
 
@@ -198,6 +214,8 @@ def run_phase(args: argparse.Namespace) -> dict:
         return phase_build(args.store)
     if args.phase == "verify":
         return phase_verify(args.store)
+    if args.phase == "summary":
+        return phase_summary(args.store)
     return phase_trainer(args.store, args.buffer_shards)
 
 
@@ -230,7 +248,7 @@ def main(argv=None) -> int:
         else:
             shutil.rmtree(store, ignore_errors=True)
             run = {"fabricate": _subprocess(args, "fabricate", store, n)}
-        for phase in ("build", "verify", "trainer"):
+        for phase in PHASES:
             run[phase] = _subprocess(args, phase, store, n)
             print(f"{n} {phase}: {run[phase]}", file=sys.stderr, flush=True)
         result["runs"][str(n)] = run
@@ -241,7 +259,7 @@ def main(argv=None) -> int:
         small, large = result["runs"][str(sizes[0])], result["runs"][str(sizes[-1])]
         result["ratios"] = {"utterances": round(sizes[-1] / sizes[0], 2), **{
             phase: round(large[phase]["seconds"] / max(small[phase]["seconds"], 1e-9), 2)
-            for phase in ("build", "verify", "trainer") if "seconds" in large[phase] and "seconds" in small[phase]}}
+            for phase in PHASES if "seconds" in large[phase] and "seconds" in small[phase]}}
     result["machine"]["load_average_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))
     return 0

@@ -70,10 +70,12 @@ def verify(store: Path, dataset: str | None = None, fields: list[str] | None = N
 
     plan: dict[tuple[str, int], list[dict]] = {}
     ids = Counter((u["dataset"], u["utt_id"]) for u in utts)
-    for (ds, utt_id), n in sorted(ids.items()):
-        if n > 1:
-            problem(ds, None, "-", "duplicate utterance in catalog", f"{utt_id} has {n} rows")
-    for u in sorted(utts, key=lambda u: (u["dataset"], u["shard_id"], u["index_in_shard"])):
+    for (ds, utt_id), n in sorted((k, n) for k, n in ids.items() if n > 1):
+        problem(ds, None, "-", "duplicate utterance in catalog", f"{utt_id} has {n} rows")
+    del ids
+    order = lambda u: (u["dataset"], u["shard_id"], u["index_in_shard"])  # noqa: E731
+    in_order = all(order(a) <= order(b) for a, b in zip(utts, utts[1:]))  # the build writes it sorted
+    for u in (utts if in_order else sorted(utts, key=order)):
         plan.setdefault((u["dataset"], u["shard_id"]), []).append(u)
     for (ds, shard_id), rows in plan.items():
         if [r["index_in_shard"] for r in rows] != list(range(len(rows))):
@@ -193,9 +195,10 @@ def verify(store: Path, dataset: str | None = None, fields: list[str] | None = N
             problem(ds, sid, field, "catalog row without plan", "the fields table lists a shard the plan lacks")
 
     lost, duplicated = [], []
+    none: Counter = Counter()
     for u in utts:
         for field in fields:
-            n = key_counts.get((u["dataset"], field), Counter())[u["key"]]
+            n = key_counts.get((u["dataset"], field), none)[u["key"]]
             if n == 0:
                 lost.append({"dataset": u["dataset"], "utt_id": u["utt_id"], "field": field})
             elif n > 1:
@@ -214,11 +217,12 @@ def _check_trusted(problem, ds: str, shard_id: int, field: str, rows: list[dict]
     """A tar identical to what its sidecar records: its members are the sidecar's entries (already
     checked against the plan); check their statuses against the catalog and count the keys."""
     entries = side.get("members", [])
+    column = f"field_{field}"
     for utt, entry in zip(rows, entries):
         if entry.get("utt_id") != utt["utt_id"]:
             break  # reported as "sidecar disagrees with plan"
         counts[utt["key"]] += 1
-        status = utt.get(f"field_{field}")
+        status = utt.get(column)
         if status not in (None, "ok", "error") or (status is not None and status != entry.get("status")):
             problem(ds, shard_id, field, "status mismatch",
                     f"{utt['utt_id']}: catalog says {status!r}, sidecar says {entry.get('status')!r}")

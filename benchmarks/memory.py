@@ -35,11 +35,34 @@ GIB = 1024 ** 3
 
 def build_clip(out: Path, sources: list[Path], seconds: float, width: int, height: int,
                codec: str = "libx264", progress: bool = True) -> Path:
-    """An H.264/AAC mp4 of `seconds` at 25 fps: the sources looped in turn, each scaled to `height`
-    and centred on a black `width` x `height` canvas, with their own audio (16 kHz mono AAC).
+    """An H.264/AAC mp4 of `seconds` at 25 fps: the sources in turn, each scaled to `height` and
+    centred on a black `width` x `height` canvas, with their own audio (16 kHz mono AAC), looped.
 
-    Frames are encoded as they are made, so building a long clip needs one source clip in memory.
+    One cycle through the sources is encoded (frame by frame, one source in memory); a longer
+    clip repeats that cycle by stream copy (ffmpeg's concat demuxer), cut at `seconds`.
     """
+    cycle_frames = sum(_grid_frames(src) for src in sources)
+    n_total = int(round(seconds * 25))
+    if n_total <= cycle_frames:
+        return _encode_cycle(out, sources, n_total, width, height, codec, progress)
+    cycle = _encode_cycle(out.with_name(out.stem + ".cycle.mp4"), sources, cycle_frames, width, height,
+                          codec, progress)
+    try:
+        _concat(cycle, out, -(-n_total // cycle_frames), seconds)
+    finally:
+        cycle.unlink(missing_ok=True)
+        out.with_name(out.stem + ".concat.txt").unlink(missing_ok=True)
+    return out
+
+
+def _grid_frames(path: Path) -> int:
+    from features.media import read_timeline
+
+    return read_timeline(path).n_frames
+
+
+def _encode_cycle(out: Path, sources: list[Path], n_total: int, width: int, height: int, codec: str,
+                  progress: bool) -> Path:
     import av
     import cv2
     import numpy as np
@@ -47,7 +70,6 @@ def build_clip(out: Path, sources: list[Path], seconds: float, width: int, heigh
 
     from features.media import load_media
 
-    n_total = int(round(seconds * 25))
     bar = tqdm(total=n_total, desc=f"build {out.name}", unit="frame", disable=not progress)
     written = 0
     with av.open(str(out), "w") as container:
@@ -91,6 +113,26 @@ def build_clip(out: Path, sources: list[Path], seconds: float, width: int, heigh
                 container.mux(packet)
     bar.close()
     return out
+
+
+def _concat(cycle: Path, out: Path, copies: int, seconds: float) -> None:
+    """`copies` x `cycle` by stream copy through the concat demuxer, cut at `seconds`."""
+    import av
+
+    listing = out.with_name(out.stem + ".concat.txt")
+    listing.write_text("".join(f"file '{cycle.resolve()}'\n" for _ in range(copies)))
+    with av.open(str(listing), format="concat", options={"safe": "0"}) as src, av.open(str(out), "w") as dst:
+        streams = {s.index: dst.add_stream_from_template(s) for s in (src.streams.video[0], src.streams.audio[0])}
+        last_dts: dict[int, int] = {}
+        for packet in src.demux(*[src.streams[i] for i in streams]):
+            index = packet.stream.index
+            if packet.dts is None or packet.pts is None or float(packet.pts * packet.time_base) >= seconds:
+                continue
+            if packet.dts <= last_dts.get(index, -2 ** 62):
+                continue  # a copy's AAC priming packet overlaps the previous copy's end
+            last_dts[index] = packet.dts
+            packet.stream = streams[index]
+            dst.mux(packet)
 
 
 def utterance_row(video: Path, key: str = "spk__clip") -> dict:
@@ -158,6 +200,108 @@ def measure_child(video: Path, fields: list[str] = CPU_FIELDS, code: Path = REPO
         return json.loads(lines[-1][len("RESULT "):])
 
 
+def _parent(pid: int) -> int:
+    stat = (Path("/proc") / str(pid) / "stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def ray_worker_peaks(root: int) -> dict[int, int]:
+    """Peak RSS (VmHWM, bytes) of every live Ray worker process descending from process `root`
+    (the job's driver: its local Ray's workers, not other people's on a shared host)."""
+    peaks = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if not (proc / "cmdline").read_bytes().startswith(b"ray::"):
+                continue
+            pid = int(proc.name)
+            while pid > 1 and pid != root:
+                pid = _parent(pid)
+            if pid != root:
+                continue
+            for line in (proc / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks[int(proc.name)] = int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):  # the process ended meanwhile
+            continue
+    return peaks
+
+
+def measure_ray(videos: list[Path], fields: list[str], code: Path = REPO, workers: int = 2,
+                timeout: float = 7200) -> dict:
+    """The real Ray job (pipelines/extract.py, `folder` corpus, one utterance per shard) on
+    `videos`; returns the highest peak RSS any Ray worker reached, sampled from /proc as it runs."""
+    with tempfile.TemporaryDirectory(prefix="unisync-mem-ray-") as tmp:
+        root = Path(tmp) / "corpus" / "spk"
+        root.mkdir(parents=True)
+        for v in videos:
+            (root / v.name).symlink_to(v.resolve())
+        store = Path(tmp) / "store"
+        cmd = [sys.executable, str(code / "pipelines" / "extract.py"), "--dataset", "folder",
+               "--root", str(root.parent), "--store", str(store), "--workers", str(workers),
+               "--shard-size", "1", "--fields", *fields]
+        started = time.perf_counter()
+        log = open(Path(tmp) / "job.log", "w+")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "RAY_ADDRESS": "", "GLOG_minloglevel": "2"})
+        peaks: dict[int, int] = {}
+        while proc.poll() is None:
+            for pid, peak in ray_worker_peaks(proc.pid).items():
+                peaks[pid] = max(peak, peaks.get(pid, 0))
+            if time.perf_counter() - started > timeout:
+                proc.kill()
+                raise TimeoutError(f"the Ray job ran over {timeout} s")
+            time.sleep(0.5)
+        log.seek(0)
+        out = log.read()
+        log.close()
+        if proc.returncode != 0:
+            raise RuntimeError(f"the Ray job failed (exit {proc.returncode}):\n{out[-3000:]}")
+        report = json.loads((store / "extract_report.json").read_text())
+        return {"peak_rss": max(peaks.values(), default=0), "workers_seen": len(peaks),
+                "seconds": time.perf_counter() - started, "report": report}
+
+
+def main(args: argparse.Namespace) -> int:
+    from features.media import MEMORY_BOUND
+
+    real = sorted(args.real.glob("*/*.mp4"))
+    if not real:
+        print(f"error: no real clips under {args.real}", file=sys.stderr)
+        return 2
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="unisync-mem-clips-") as tmp:
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        clips = {}
+        if args.minutes_1080p > 0:
+            clips["1080p"] = (folder / f"hd1080_{args.minutes_1080p:g}min.mp4", args.minutes_1080p * 60, 1920, 1080)
+        if args.seconds_4k > 0:
+            clips["4k"] = (folder / f"uhd2160_{args.seconds_4k:g}s.mp4", args.seconds_4k, 3840, 2160)
+        for name, (path, seconds, width, height) in clips.items():
+            if not path.exists():
+                build_clip(path, real, seconds, width, height)
+        if args.ray:
+            r = measure_ray([c[0] for c in clips.values()], args.fields, args.code)
+            results["ray"] = r
+            print(f"Ray job ({r['workers_seen']} workers, {r['report']['frames_extracted']} frames, "
+                  f"{r['seconds']:.0f} s): highest worker peak RSS {r['peak_rss'] / GIB:.2f} GiB "
+                  f"(bound {MEMORY_BOUND / GIB:.1f} GiB)")
+        else:
+            for name, (path, seconds, width, height) in clips.items():
+                r = measure_child(path, args.fields, args.code)
+                results[name] = {**r, "width": width, "height": height, "seconds_of_video": seconds}
+                print(f"{name} {width}x{height}, {seconds:g} s ({r['frames']} frames, every CPU field, "
+                      f"{r['seconds']:.0f} s): worker peak RSS {r['peak_rss'] / GIB:.2f} GiB "
+                      f"(bound {MEMORY_BOUND / GIB:.1f} GiB); warnings {r['meta']['warnings']}", flush=True)
+    worst = max(r["peak_rss"] for r in results.values())
+    print(f"highest: {worst / GIB:.2f} GiB, {'within' if worst < MEMORY_BOUND else 'OVER'} the bound")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0 if worst < MEMORY_BOUND else 1
+
+
 def child_main(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(args.code.resolve()))
     print("RESULT " + json.dumps(extract_in_this_process(args.video, args.store, args.fields)), flush=True)
@@ -174,6 +318,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--code", type=Path, default=REPO,
                    help="run the worker on this checkout of the code, e.g. an older commit for a "
                         "before/after figure (default: this one)")
+    p.add_argument("--ray", action="store_true",
+                   help="measure through the real Ray job (pipelines/extract.py) instead of a worker child")
     p.add_argument("--keep", type=Path, default=None, help="build the clips here and keep them (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

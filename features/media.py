@@ -42,6 +42,8 @@ MEMORY_BOUND = 2 * 1024 ** 3
 # Below these a utterance is flagged: share of the timeline with real audio, frames missing.
 MIN_AUDIO_COVERAGE = 0.98
 MAX_LOST_FRAMES = 1
+SEEK_FROM_FRAMES = 250  # a segment starting this far in seeks to it instead of decoding the way
+SEEK_MARGIN_S = 1.0  # seek this long before the segment (the decoder starts at the keyframe before)
 AUDIO_GAP_S = 0.01  # a jump in audio timestamps longer than this is filled with silence and recorded
 
 
@@ -144,7 +146,7 @@ class GridMapper:
         if not self.times:
             self.n_frames = 0
             return []
-        duration = float(self.times[-1] - self.times[0]) + self.typical_gap()
+        duration = float(self.times[-1]) + self.typical_gap()  # times count from the first frame
         self.n_frames = int(round(duration * FPS))
         out = [(t, self._pick(t)) for t in range(self.next_slot, self.n_frames)]
         self.next_slot = max(self.next_slot, self.n_frames)
@@ -213,8 +215,17 @@ class VideoStream:
         self.timeline: Timeline | None = None
 
     def __iter__(self) -> Iterator[np.ndarray | None]:
-        path = self.path
         first = 0 if self.start_s is None else max(0, int(round(self.start_s * FPS)))
+        if first >= SEEK_FROM_FRAMES:  # a segment deep in a long source: seek, don't decode the way
+            try:
+                yield from self._pass(first, seek=True)
+                return
+            except _SeekMissed:
+                pass
+        yield from self._pass(first, seek=False)
+
+    def _pass(self, first: int, seek: bool) -> Iterator[np.ndarray | None]:
+        path = self.path
         last_wanted = None if self.end_s is None else int(round(self.end_s * FPS))
         mapper, counters = GridMapper(), {}
         held: dict[int, object] = {}  # source index -> RGB frame (or decoded frame) a slot may pick
@@ -228,6 +239,11 @@ class VideoStream:
             stream.thread_type = "AUTO"
             announced = _announced_seconds(container, stream)
             source_frames = 0
+            if seek:
+                first_pts = _first_pts(container, stream)
+                target = first_pts + first / FPS - SEEK_MARGIN_S
+                container.seek(int(target / stream.time_base), stream=stream, backward=True)
+                mapper.next_slot = first  # earlier slots are not this segment's
 
             def emit(pairs):
                 for slot, src in pairs:
@@ -247,6 +263,8 @@ class VideoStream:
                     if first_pts is None:
                         first_pts = pts
                     rel = pts - first_pts
+                    if seek and not mapper.times and rel > first / FPS:
+                        raise _SeekMissed()  # landed past the segment's start: decode from the top
                     if mapper.times and rel < mapper.times[-1]:
                         out_of_order += 1  # the decoder handed a frame back in time: dropped
                         continue
@@ -314,6 +332,18 @@ class VideoStream:
         if out_of_order:
             facts["out_of_order_frames"] = out_of_order
         self.timeline = Timeline(n_frames=n, first=first, first_pts=first_pts, facts=facts)
+
+
+class _SeekMissed(Exception):
+    """A seek landed after the first frame a segment needs."""
+
+
+def _first_pts(container, stream) -> float:
+    """The presentation time of the stream's first frame (decodes one frame)."""
+    for frame in _decoded(container, stream, {}):
+        if frame.pts is not None:
+            return float(frame.pts * frame.time_base)
+    raise MediaError(container.name, "video stream has zero decodable frames")
 
 
 def read_timeline(path: Path | str, start_s: float | None = None, end_s: float | None = None) -> Timeline:

@@ -128,3 +128,18 @@ def test_short_audio_is_measured_not_hidden(tmp_path):
     assert media.n_frames == 120 and len(media.audio) == 120 * 640
     assert media.facts["audio_coverage"] == pytest.approx(1.0 / 4.8, abs=0.02)
     assert any(w.startswith("audio covers 21%") for w in quality_warnings(media.facts))
+
+
+def test_segment_deep_in_a_long_source_seeks_and_gives_the_same_frames(tmp_path, monkeypatch):
+    from features import media
+    from features.media import VideoStream
+
+    path = write_video(tmp_path / "long.mp4", noise_frames(300, 32), audio=tone(12.0))  # keyframes 0, 250
+    seeked = VideoStream(path, start_s=11.0, end_s=11.8)
+    frames = [f.copy() for f in seeked]
+    assert seeked.timeline.facts["source_frames"] < 100  # it did not decode the first 10 s
+    monkeypatch.setattr(media, "SEEK_FROM_FRAMES", 10 ** 9)
+    whole = VideoStream(path, start_s=11.0, end_s=11.8)
+    assert np.array_equal(np.stack(frames), np.stack([f.copy() for f in whole]))
+    assert seeked.timeline.n_frames == whole.timeline.n_frames == 20
+    assert load_media(path, None, 11.0, 11.8).audio.shape == (20 * 640,)

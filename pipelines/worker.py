@@ -14,8 +14,9 @@ import traceback
 from contextlib import ExitStack
 from pathlib import Path
 
-from catalog.layout import sidecar_path, tar_path
-from catalog.tars import TarWriter, iter_members, sha256, write_atomic
+from catalog.layout import tar_path
+from catalog.sidecar import is_complete, write_sidecar
+from catalog.tars import TarWriter, iter_members, sha256
 from features.fields import ERROR_EXT, FIELDS, META_EXT, Options, Sources
 from features.timebase import FPS
 
@@ -54,16 +55,6 @@ def stored_inputs(store: Path, dataset: str, shard_id: int, todo: list[str]) -> 
             if ext == FIELDS[name].ext:
                 out.setdefault(key, {})[name] = data
     return out
-
-
-def is_complete(store: Path, dataset: str, field: str, shard_id: int) -> bool:
-    tar, side = tar_path(store, dataset, field, shard_id), sidecar_path(store, dataset, field, shard_id)
-    if not (tar.exists() and side.exists()):
-        return False
-    try:
-        return json.loads(side.read_text())["bytes"] == tar.stat().st_size
-    except (ValueError, KeyError):
-        return False
 
 
 def _error_of(exc: Exception, default_stage: str) -> dict:
@@ -164,11 +155,7 @@ def extract_shard(store: str, dataset: str, shard_id: int, rows: list[dict], fie
             del sources  # the utterance's outputs are on disk: free them before the next one
     for name in todo:
         tar = tars[name]
-        side = {"field": name, "dataset": dataset, "shard_id": shard_id,
-                "version": FIELDS[name].version if name in FIELDS else "meta-1",
-                "n_members": tar.n_members, "bytes": tar.bytes, "sha256": tar.sha256,
-                "members": entries[name]}
-        write_atomic(sidecar_path(store, dataset, name, shard_id),
-                     json.dumps(side, sort_keys=True, indent=1).encode())
+        write_sidecar(store, dataset, name, shard_id, FIELDS[name].version if name in FIELDS else "meta-1",
+                      entries[name], tar)
     return {"shard_id": shard_id, "fields_written": todo, "frames": frames,
             "seconds": time.perf_counter() - started}

@@ -5,7 +5,7 @@
     python -m catalog splits   --store S [--val 0.1 --test 0.1 --seed 0 [--write]]
     python -m catalog overlap  --store S [--by official|speaker] [--fail-on-overlap]
     python -m catalog sql      --store S "SELECT count(*) FROM utterances WHERE n_frames >= 50" [--csv]
-    python -m catalog verify   --store S [--dataset lrs2] [--fields rgb mel]
+    python -m catalog verify   --store S [--dataset lrs2] [--fields rgb mel] [--deep]
 
 Every command takes --json. The same functions are importable: catalog.summary.summarize,
 catalog.queries.{speakers,splits,overlap}, catalog.sql.run_sql, catalog.verify.verify.

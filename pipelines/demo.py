@@ -33,9 +33,6 @@ from pipelines.synthetic import generate_corpus  # noqa: E402
 # paper's 1e-4 is for paper size; the geometry combos keep it) and the best-val weights chosen
 # among evaluations every 100 steps (an image step costs ~10 geometry steps: a few hundred fit).
 IMAGE_COMBO_SETTINGS = {"image_scale": 0.5, "cache_frames": True, "lr": 1e-3, "eval_every": 100}
-# Geometry windows cost ~60 us each: on 2 cores a loader process would only take a core from the
-# model, so they are cut in the training process (which then keeps both cores' threads).
-GEOMETRY_COMBO_SETTINGS = {"workers": 0}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -96,7 +93,7 @@ def main(argv=None) -> int:
         results[combo] = train(TrainConfig(
             combo=combo, store=str(store), out=str(out / "runs" / combo), width=args.width,
             max_minutes=args.minutes, steps=args.steps, seed=args.seed,
-            **(IMAGE_COMBO_SETTINGS if combo.endswith(("_rgb", "_parsing")) else GEOMETRY_COMBO_SETTINGS)))
+            **(IMAGE_COMBO_SETTINGS if combo.endswith(("_rgb", "_parsing")) else {})))
 
     final = {
         "utterances": summary["utterances"], "ok": summary["ok"], "speakers": summary["speakers"],

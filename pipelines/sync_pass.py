@@ -171,7 +171,9 @@ def run_sync_pass(ray, store: Path, dataset: str, spec: str, overwrite: bool = F
         shards.setdefault(int(r["shard_id"]), []).append(r)
     todo = [s for s in sorted(shards) if overwrite or not is_done(store, dataset, s, scorer_id)]
     _SCORERS.clear()  # keep the model out of the task's pickled closure
-    task = ray.remote(num_cpus=1, max_retries=2)(score_shard)
+    # max_retries=0: with any other value Ray retries OOM kills without end (pipelines/shard_failures.py);
+    # a shard whose task dies is reported in failed_shards and a re-run scores it.
+    task = ray.remote(num_cpus=1, max_retries=0)(score_shard)
     limit = workers or max(1, int(ray.available_resources().get("CPU", 1)))
     pending, in_flight, scored, failures = list(todo), {}, 0, []
     bar = tqdm(total=len(todo), desc=f"{dataset} sync ({scorer.name})", unit="shard")

@@ -160,7 +160,9 @@ def run_jobs(jobs: list[tuple[str, str]], config: dict, max_frames: int | None, 
             ray.init(address="local", num_cpus=args.workers or os.cpu_count(), include_dashboard=False,
                      runtime_env={"env_vars": {"PYTHONPATH": repo}})
         _SCORER_CACHE.clear()  # the driver's model must not travel with the task's closure
-        task = ray.remote(num_cpus=1, max_retries=1)(score_one)
+        # max_retries=0: Ray retries OOM kills without end when max_retries != 0 (pipelines/shard_failures.py);
+        # a task that dies becomes an error row naming the cause, and the run ends.
+        task = ray.remote(num_cpus=1, max_retries=0)(score_one)
         limit = args.workers or max(1, int(ray.available_resources().get("CPU", 1)))
         pending, in_flight = list(jobs), {}
         while pending or in_flight:
@@ -171,7 +173,7 @@ def run_jobs(jobs: list[tuple[str, str]], config: dict, max_frames: int | None, 
             video, protocol = in_flight.pop(done[0])
             try:
                 rows.append(ray.get(done[0]))
-            except Exception as exc:  # the task died (e.g. out of memory) after its retry
+            except Exception as exc:  # the task died (e.g. killed for memory)
                 rows.append({"video": video, "scorer": config["name"], "protocol": protocol,
                              "error": f"{type(exc).__name__}: {exc}", "seconds": None})
             bar.update(1)

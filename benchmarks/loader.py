@@ -41,7 +41,7 @@ import numpy as np
 
 from catalog.layout import tar_path
 from training.combos import COMBOS, combo_fields, parse_combo
-from training.data import StoreError, load_utterances, read_catalog, select_rows, shards_of, stream_utterances
+from training.data import StoreError, load_utterances, read_catalog, select_rows, shard_list, stream_utterances
 from training.loader import RankData, prepare_utterances
 from training.sampler import PairSampler
 from training.windows import make_batch, raw_window
@@ -122,7 +122,7 @@ def measure(store: Path, combo: str, all_rows: list[dict], fields_on_disk: list[
     audio, visual = parse_combo(combo)
     fields = combo_fields(combo)
     rows = select_rows(all_rows, fields, [args.split], store)
-    shards = shards_of(rows)
+    shards = shard_list(rows)
     counted: Counter = Counter()
     wall0 = time.perf_counter()
     utts = list(stream_utterances(store, fields, rows, all_rows, bytes_read=counted))

@@ -13,7 +13,7 @@ import torch
 from features.codecs import decode_jpeg_sequence, encode_jpeg_sequence
 from tests.test_training import make_store
 from training import data as data_module
-from training.data import ShardBuffer, Utterance, load_utterances, read_catalog, select_rows, shards_of
+from training.data import ShardBuffer, Utterance, load_utterances, read_catalog, select_rows, shard_list
 from training.loader import RankData
 from training.sampler import PairSampler
 from training.windows import make_batch, raw_window, window
@@ -77,7 +77,7 @@ def test_shard_plan_is_built_once_whatever_the_shards_loaded(store, monkeypatch)
     monkeypatch.setattr(data_module, "shard_plan", lambda rows: calls.append(1) or real(rows))
     rows = read_catalog(store)
     usable = select_rows(rows, ["mel", "landmarks"], ["train", "val", "test"])
-    shards = shards_of(usable)
+    shards = shard_list(usable)
     buf = ShardBuffer(store, ["mel", "landmarks"], usable, rows, shards, size=1, seed=0)
     for _ in range(3 * len(shards)):
         buf.advance()

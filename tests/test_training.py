@@ -272,10 +272,10 @@ def test_rank_shards_are_disjoint_cover_all_and_never_empty():
 
 
 def test_shard_buffer_streams_resampled_passes_and_resumes(store):
-    from training.data import read_catalog, select_rows, shards_of
+    from training.data import read_catalog, select_rows, shard_list
     rows = read_catalog(store)
     train = select_rows(rows, ["mel", "landmarks"], ["train", "val", "test"])
-    shards = shards_of(train)
+    shards = shard_list(train)
     buf = ShardBuffer(store, ["mel", "landmarks"], train, rows, shards, size=2, seed=3)
     assert buf.streaming and len(buf.buffered) == 2
     seen = list(buf.buffered)

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from catalog.layout import table_path, tar_path
+from catalog.plan import shard_keys
 from features.codecs import jpeg_sequence_length
 from features.fields import ERROR_EXT, FIELDS
 from features.timebase import WINDOW, n_windows, window_slice
@@ -218,11 +219,8 @@ Shard = tuple[str, int]  # (dataset, shard_id)
 
 
 def shard_plan(all_rows: list[dict]) -> dict[Shard, list[str]]:
-    """(dataset, shard_id) -> member keys in the order the catalog plans them (one pass, once)."""
-    plan: dict[Shard, list[tuple[int, str]]] = defaultdict(list)
-    for r in all_rows:
-        plan[(r["dataset"], int(r["shard_id"]))].append((int(r["index_in_shard"]), r["key"]))
-    return {s: [k for _, k in sorted(v)] for s, v in plan.items()}
+    """(dataset, shard_id) -> member keys in plan order: the store's one index (catalog.plan)."""
+    return shard_keys(all_rows)
 
 
 def rows_by_shard(rows: Iterable[dict]) -> dict[Shard, list[dict]]:
@@ -233,7 +231,7 @@ def rows_by_shard(rows: Iterable[dict]) -> dict[Shard, list[dict]]:
     return dict(out)
 
 
-def shards_of(rows: list[dict]) -> list[Shard]:
+def shard_list(rows: list[dict]) -> list[Shard]:
     """The sorted (dataset, shard_id) list holding `rows`."""
     return sorted({(r["dataset"], int(r["shard_id"])) for r in rows})
 
@@ -295,7 +293,7 @@ def stream_utterances(store: Path | str, fields: list[str], rows: list[dict],
     store = Path(store)
     plan = plan_of(store, all_rows)
     by_shard = rows_by_shard(rows)
-    for shard in (shards if shards is not None else shards_of(rows)):
+    for shard in (shards if shards is not None else shard_list(rows)):
         wanted = {r["key"]: r for r in by_shard.get(shard, [])}
         yield from read_shard(store, fields, shard, plan.get(shard, []), wanted, landmarks_center,
                               bytes_read)

@@ -47,6 +47,28 @@ SEEK_MARGIN_S = 1.0  # seek this long before the segment (the decoder starts at 
 AUDIO_GAP_S = 0.01  # a jump in audio timestamps longer than this is filled with silence and recorded
 
 
+def _large_arrays_from_mmap(threshold: int = 1 << 20) -> None:
+    """Make glibc serve every allocation over `threshold` bytes (decoded frames) from its own
+    mmap, returned to the system when freed. By default glibc moves that threshold up to the frame
+    size after the first free, frames then come from the heap, and the small long-lived outputs
+    made between them (JPEG crops, landmarks) pin the freed frame holes: a worker holding a few
+    frames of look-ahead grew by ~3.6 MB per 1080p frame until the clip ended. Not glibc: no-op."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD (fixed: no dynamic raise)
+    except (OSError, AttributeError):
+        pass
+
+
+_large_arrays_from_mmap()
+
+
 class MediaError(Exception):
     """A source file that cannot become frames and audio; the message names the file and why."""
 

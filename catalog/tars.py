@@ -123,8 +123,7 @@ class TarWriter:
         if self._tar is None:
             raise RuntimeError(f"{self.path}: TarWriter.add outside its `with` block")
         self._tar.addfile(_header(name, len(data)), io.BytesIO(data))
-        self.n_members += 1
-        self.bytes, self.sha256 = self._out.bytes, self._out.hash.hexdigest()
+        self.n_members += 1  # bytes and sha256 are set when the block ends (a digest per member is waste)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:

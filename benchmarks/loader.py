@@ -9,16 +9,14 @@ For each combo whose fields the store holds (all eight by default):
    (training.data.stream_utterances -> catalog.tars.iter_shard) with every tar byte counted per
    field, next to what the combo needs (the full tars of its two fields for the split's shards:
    a shard is read whole, front to back) and what reading every field would cost.
-2. 0 workers: pairs are drawn with the training sampler and their windows cut into batches
-   exactly as the loader does (training.windows.make_batch), for --windows pairs; windows per
-   second per core = pairs / CPU seconds of this process (one torch thread).
-3. N workers: fit.py's own loader (training.loader.RankData, N worker processes, the training
-   split's shards) is drained by this process for --windows pairs after every worker has
-   delivered its first batch (start-up excluded); windows per second = pairs / wall seconds,
-   and pairs per CPU second of the workers and this process together (load-independent: what a
-   window costs, transfer to the training process included). On a machine with N free cores,
-   N workers give about N times the per-CPU-second rate; on a loaded machine the wall figure
-   shows the load, not the loader.
+2. fit.py's own loader (training.loader.RankData over the training split's shards) is drained
+   by this process for --windows pairs after every worker has delivered its first message
+   (start-up excluded). 0 workers: the batches are cut in this process; windows per second per
+   core = pairs / CPU seconds of this process (one torch thread). N workers: windows per second
+   = pairs / wall seconds, and pairs per CPU second of the workers and this process together
+   (what a window costs, the hand-off to the training process included). On a machine with N
+   free cores, N workers give about N times the per-core rate; on a loaded machine the wall
+   figure shows the load, not the loader.
 
 A "window" is one training pair: a 5-frame visual window and its audio window. `--lip` adds a
 row for the lip field's windows (grayscale mouth ROIs; no combo reads them yet).
@@ -42,9 +40,8 @@ import numpy as np
 from catalog.layout import tar_path
 from training.combos import COMBOS, combo_fields, parse_combo
 from training.data import StoreError, load_utterances, read_catalog, select_rows, shard_list, stream_utterances
-from training.loader import RankData, prepare_utterances
-from training.sampler import PairSampler
-from training.windows import make_batch, raw_window
+from training.loader import RankData
+from training.windows import raw_window
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="pairs per batch")
     p.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2],
                    help="loader worker counts to measure (0: in this process, CPU time)")
+    p.add_argument("--handoff-pairs", type=int, default=512, help="as fit.py --handoff-pairs")
+    p.add_argument("--prefetch", type=int, default=2, help="as fit.py --prefetch")
     p.add_argument("--image-scale", type=float, default=1.0, help="as fit.py --image-scale")
     p.add_argument("--cache-frames", action="store_true", help="as fit.py --cache-frames")
     p.add_argument("--lip", action="store_true", help="also time lip windows (when the store has them)")
@@ -75,20 +74,6 @@ def tar_bytes(store: Path, shards: list[tuple[str, int]], name: str) -> int:
     return sum(p.stat().st_size for p in (tar_path(store, d, name, s) for d, s in shards) if p.exists())
 
 
-def in_process_rate(utts: list, audio: str, visual: str, args: argparse.Namespace) -> tuple[float, float, dict]:
-    """(windows/s per core, windows/s wall, batch shapes) cutting batches in this process."""
-    sampler = PairSampler(utts, seed=args.seed, cross_speaker_ratio=0.2
-                          if len({u.speaker_id for u in utts}) > 1 else 0.0)
-    make_batch(sampler.sample(args.batch_size), utts, utts, audio, visual)  # warm-up
-    n, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
-    while n < args.windows:
-        batch = make_batch(sampler.sample(args.batch_size), utts, utts, audio, visual)
-        n += len(batch)
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    return n / max(cpu, 1e-9), n / max(wall, 1e-9), {"visual": list(batch.visual.shape),
-                                                    "audio": list(batch.audio.shape)}
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux /proc)."""
     import os
@@ -96,7 +81,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def worker_rate(store: Path, audio: str, visual: str, workers: int, args: argparse.Namespace) -> tuple[float, float]:
+def worker_rate(store: Path, audio: str, visual: str, workers: int, args: argparse.Namespace
+                ) -> tuple[float, float, dict]:
     """Windows/s drained from fit.py's loader with `workers` processes, start-up excluded: wall,
     and per CPU second of the workers and this process together (what the windows cost
     whatever else runs on the machine)."""
@@ -104,17 +90,18 @@ def worker_rate(store: Path, audio: str, visual: str, workers: int, args: argpar
     data = RankData.from_store(str(store), audio, visual, 0, 1, workers, seed=args.seed,
                                batch_size=args.batch_size, image_scale=args.image_scale,
                                cache_frames=args.cache_frames,
-                               cross_speaker_ratio=0.2)
-    batches = data.batches(0, prefetch=4)
+                               cross_speaker_ratio=0.2, handoff_pairs=args.handoff_pairs)
+    batches = data.batches(0, prefetch=args.prefetch)
     for _ in range(max(1, workers)):  # every worker has loaded its shards and delivered
-        next(batches)
-    pids = [os.getpid()] + [w.pid for w in getattr(batches, "_workers", [])]
+        batch = next(batches)
+    shapes = {"visual": list(batch.visual.shape), "audio": list(batch.audio.shape)}
+    pids = [os.getpid()] + batches.worker_pids
     n, wall0, cpu0 = 0, time.perf_counter(), sum(cpu_seconds(p) for p in pids)
     while n < args.windows:
         n += len(next(batches))
     wall, cpu = time.perf_counter() - wall0, sum(cpu_seconds(p) for p in pids) - cpu0
     del batches
-    return n / wall, n / max(cpu, 1e-9)
+    return n / wall, n / max(cpu, 1e-9), shapes
 
 
 def measure(store: Path, combo: str, all_rows: list[dict], fields_on_disk: list[str],
@@ -127,14 +114,14 @@ def measure(store: Path, combo: str, all_rows: list[dict], fields_on_disk: list[
     wall0 = time.perf_counter()
     utts = list(stream_utterances(store, fields, rows, all_rows, bytes_read=counted))
     load_wall = time.perf_counter() - wall0
-    prepare_utterances(utts, args.image_scale, args.cache_frames)
     rates: dict[str, float] = {}
-    for w in args.workers:
-        if w == 0:
-            per_core, wall, shapes = in_process_rate(utts, audio, visual, args)
-            rates["0"], rates["0_wall"] = per_core, wall
-        elif args.split == "train":
-            rates[str(w)], rates[f"{w}_per_cpu_s"] = worker_rate(store, audio, visual, w, args)
+    shapes = None
+    for w in args.workers if args.split == "train" else []:
+        wall, per_cpu, shapes = worker_rate(store, audio, visual, w, args)
+        if w == 0:  # one process: CPU seconds are its core's
+            rates["0"], rates["0_wall"] = per_cpu, wall
+        else:
+            rates[str(w)], rates[f"{w}_per_cpu_s"] = wall, per_cpu
     return {
         "combo": combo, "split": args.split, "utterances": len(utts), "shards": len(shards),
         "windows_in_split": int(sum(u.n_windows for u in utts)),
@@ -143,7 +130,7 @@ def measure(store: Path, combo: str, all_rows: list[dict], fields_on_disk: list[
         "bytes_read": {f: int(counted.get(f, 0)) for f in fields_on_disk},
         "bytes_needed": {f: tar_bytes(store, shards, f) for f in fields},
         "bytes_all_fields": sum(tar_bytes(store, shards, f) for f in fields_on_disk),
-        "batch_shapes": shapes if "0" in rates else None,
+        "batch_shapes": shapes,
     }
 
 

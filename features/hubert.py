@@ -153,6 +153,27 @@ def hubert_features(audio: np.ndarray, model: str = DEFAULT_MODEL, layer: int = 
     return feats
 
 
+def save_tiny_random_model(path: Path | str, hidden_size: int = 16) -> Path:
+    """Save a randomly initialised HuBERT of the real architecture where `--hubert-model` loads it.
+
+    Random weights, real architecture (transformers HubertModel, 50 Hz: conv strides
+    5,2,2,2,2,2,2): two thin layers, so it runs in seconds on a CPU. `hidden_size` is the row
+    size of its features (16: a few thousand parameters; 1024: rows as large as
+    facebook/hubert-large-ls960-ft's). For tests and benchmarks only, never for results: its
+    features carry no speech information.
+    """
+    from transformers import HubertConfig, HubertModel
+
+    config = HubertConfig(hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=32, conv_dim=(8,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2),
+                          conv_kernel=(10, 3, 3, 3, 3, 2, 2), num_conv_pos_embeddings=16,
+                          num_conv_pos_embedding_groups=max(2, hidden_size // 8),
+                          feat_extract_norm="layer", do_stable_layer_norm=True)
+    path = Path(path)
+    HubertModel(config).save_pretrained(path)
+    return path
+
+
 def encode(features: np.ndarray) -> bytes:
     return encode_npy(features.astype(np.float16))
 

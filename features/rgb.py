@@ -1,5 +1,9 @@
 """RGB field: aligned 96x96 face crops per frame as a JPEG sequence (q95), decodable per frame.
 
+Each frame carries a restart marker where its lower half starts (version jpeg95-rst-2), so the
+trainer decodes only the lower half the sync expert sees (`codecs.lower_half_jpeg`); the frames
+stay standard JPEGs. Stores written before (jpeg95-1) still read; their windows decode whole frames.
+
 `FaceCrops` is the crop maker the face tracker feeds while it streams through a clip: each crop
 is cut and JPEG-encoded as soon as its frame's track is settled, so only the JPEG bytes (a few
 kB per frame) are kept.
@@ -10,16 +14,16 @@ import struct
 
 import numpy as np
 
-from features.codecs import decode_jpeg_sequence, encode_jpeg_sequence
+from features.codecs import decode_jpeg_sequence, encode_jpeg, encode_jpeg_sequence
 from features.face import CROP_SIZE, Geometry, square_warp
 
-VERSION = "jpeg95-1"
+VERSION = "jpeg95-rst-2"
 QUALITY = 95
 _U32 = struct.Struct("<I")
 
 
 def encode(crops: np.ndarray) -> bytes:
-    return encode_jpeg_sequence(crops, QUALITY)
+    return encode_jpeg_sequence(crops, QUALITY, half_restart=True)
 
 
 def decode(data: bytes, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -32,17 +36,11 @@ class JpegSequence:
     `codecs.encode_jpeg_sequence` on the frames in index order (a uint32 count, the uint32
     lengths, then the JPEGs)."""
 
-    def __init__(self, quality: int = QUALITY):
-        self.quality, self.parts = quality, {}
+    def __init__(self, quality: int = QUALITY, half_restart: bool = False):
+        self.quality, self.half_restart, self.parts = quality, half_restart, {}
 
     def add(self, t: int, image: np.ndarray) -> None:
-        import cv2
-
-        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]),
-                               [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        if not ok:
-            raise ValueError("JPEG encoding failed")
-        self.parts[t] = buf.tobytes()
+        self.parts[t] = encode_jpeg(image, self.quality, self.half_restart)
 
     def getvalue(self) -> bytes:
         if sorted(self.parts) != list(range(len(self.parts))):
@@ -59,7 +57,7 @@ class FaceCrops:
     geometry: Geometry | None = None  # the face square the tracker settles
 
     def __init__(self):
-        self.sequence = JpegSequence(QUALITY)
+        self.sequence = JpegSequence(QUALITY, half_restart=True)
 
     def add(self, t: int, frame: np.ndarray, params: np.ndarray) -> None:
         self.sequence.add(t, square_warp(frame, *params, CROP_SIZE))

@@ -80,14 +80,8 @@ def bad_inputs(tmp_path) -> dict[str, Path]:
 
 
 def tiny_hubert(path: Path) -> Path:
-    """A randomly initialised HuBERT of the real architecture (50 Hz: conv strides 5,2,2,2,2,2,2),
-    a few thousand parameters, saved where `--hubert-model` can load it."""
-    from transformers import HubertConfig, HubertModel
+    """A randomly initialised HuBERT of the real architecture (features.hubert.save_tiny_random_model),
+    saved where `--hubert-model` can load it."""
+    from features.hubert import save_tiny_random_model
 
-    config = HubertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                          conv_dim=(8,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2),
-                          conv_kernel=(10, 3, 3, 3, 3, 2, 2), num_conv_pos_embeddings=16,
-                          num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
-                          do_stable_layer_norm=True)
-    HubertModel(config).save_pretrained(path)
-    return path
+    return save_tiny_random_model(path)

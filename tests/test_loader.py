@@ -114,3 +114,66 @@ def test_lip_windows_are_grayscale_frames_of_the_window():
     colour = decode_jpeg_sequence(data, 3, 8)[..., 0]
     assert np.abs(x.astype(int) - colour).max() <= 1  # luma only = the colour decode's grey
     assert np.abs(x.astype(int) - rois[3:8]).mean() < 6  # q95 JPEG of the stored ROIs
+
+
+def smooth_frames(n: int, seed: int = 0) -> np.ndarray:
+    """Face-like test frames: smooth colour gradients plus noise, 96 x 96."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:96, 0:96] / 96.0
+    base = np.stack([120 + 80 * y, 100 + 60 * x, 90 + 40 * (x * y)], axis=-1)
+    return np.stack([(base + rng.normal(0, 12, base.shape)).clip(0, 255) for _ in range(n)]).astype(np.uint8)
+
+
+def test_the_lower_half_of_a_restart_marked_frame_decodes_alone():
+    import simplejpeg
+
+    from features.codecs import decode_jpeg_into, encode_jpeg, lower_half_jpeg
+
+    for frame in smooth_frames(4):
+        marked = encode_jpeg(frame, 95, half_restart=True)
+        whole = simplejpeg.decode_jpeg(marked)
+        assert np.array_equal(whole, simplejpeg.decode_jpeg(encode_jpeg(frame, 95)))  # markers change no pixel
+        half = lower_half_jpeg(marked)
+        assert half is not None and simplejpeg.decode_jpeg_header(half)[:2] == (48, 96)
+        lower = simplejpeg.decode_jpeg(half)
+        assert np.array_equal(lower[1:], whole[49:])  # identical but for the first row's chroma
+        assert np.abs(lower[0].astype(int) - whole[48]).max() <= 12
+        small = decode_jpeg_into(half, scale=2)
+        assert small.shape == (24, 48, 3)
+        assert lower_half_jpeg(encode_jpeg(frame, 95)) is None  # unmarked: the caller decodes all
+
+
+def test_rgb_windows_of_unmarked_frames_decode_whole_with_one_warning():
+    from training import windows as windows_module
+
+    frames = smooth_frames(9, seed=1)
+    old = Utterance("s/u", "s_u", "old", "s", "val", 9, data={"rgb": encode_jpeg_sequence(frames)})
+    new = Utterance("s/u", "s_u", "new", "s", "val", 9, data={"rgb": encode_jpeg_sequence(frames, half_restart=True)})
+    windows_module._WARNED.discard("old")
+    with pytest.warns(UserWarning, match="jpeg95-1"):
+        x_old = raw_window(old, "rgb", 2)
+    assert np.array_equal(x_old, decode_jpeg_sequence(old.data["rgb"], 2, 7)[:, 48:])
+    x_new = raw_window(new, "rgb", 2)
+    assert np.array_equal(x_new[:, 1:], decode_jpeg_sequence(new.data["rgb"], 2, 7)[:, 49:])
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_handed_out_batches_keep_their_memory_while_arenas_are_recycled(store, workers):
+    data = RankData.from_store(str(store), "mel", "rgb", 0, 1, workers=workers, handoff_pairs=16, **SETTINGS)
+    it = data.batches(0, prefetch=2)
+    kept = [next(it) for _ in range(3)]
+    copies = [(b.visual.clone(), b.audio.clone(), b.label.clone()) for b in kept]
+    for _ in range(60):  # 30 more chunks of 2 batches, each dropped at once
+        next(it)
+    assert it.slots.held() <= 2 + 2 + 2  # kept chunks + prefetched + the one being cut
+    for b, (v, a, y) in zip(kept, copies):
+        assert torch.equal(b.visual, v) and torch.equal(b.audio, a) and torch.equal(b.label, y)
+    reference = draw(RankData.from_store(str(store), "mel", "rgb", 0, 1, workers=workers, **SETTINGS), 0, 3)
+    assert same(kept, reference)  # the hand-off size changes nothing drawn
+    del kept, b
+    import gc
+
+    gc.collect()
+    next(it)
+    assert it.slots.held() <= 2 + 2  # the kept batches' arenas came back
+    del it

@@ -44,7 +44,9 @@ class TrainConfig:
     resume: bool = _opt(False, "continue from --out/checkpoint.pt (same step, same sampler position)")
     workers: int | None = _opt(None, "loader worker processes per rank (unset: the rank's cores less one; "
                                      "0: load in the training process)")
-    prefetch: int = _opt(4, "batches each loader worker prepares ahead")
+    prefetch: int = _opt(2, "messages (--handoff-pairs pairs each) each loader worker prepares ahead")
+    handoff_pairs: int = _opt(512, "pairs a loader worker sends per message, in whole batches (fewer, "
+                                   "larger hand-offs: training/handoff.py)")
     buffer_shards: int = _opt(0, "keep only N of a rank's shards in memory (split over its loader "
                                  "workers), swapping one every --refresh-every steps (0: all of them)")
     refresh_every: int = _opt(200, "steps between shard swaps")

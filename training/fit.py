@@ -92,7 +92,7 @@ def train(cfg: TrainConfig) -> dict:
         data = RankData.from_store(
             cfg.store, audio, visual, dist.rank, dist.world, workers, seed=cfg.seed,
             batch_size=cfg.batch_size, cross_speaker_ratio=cfg.cross_speaker_ratio,
-            buffer_shards=cfg.buffer_shards, refresh_every=cfg.refresh_every,
+            buffer_shards=cfg.buffer_shards, refresh_every=cfg.refresh_every, handoff_pairs=cfg.handoff_pairs,
             image_scale=cfg.image_scale, cache_frames=cfg.cache_frames,
             landmarks_center=cfg.landmarks_center, sync_correct=cfg.sync_correct)
         ranks = dist.gather(data.describe())  # also checks every rank's cross-speaker audio

@@ -8,11 +8,13 @@ The WebDataset idiom, with the trainer's pair sampling inside it:
   own seeded `PairSampler` (seed, rank, stream); `--workers 0` is one stream in the training
   process, through the same code;
 - a stream draws whole batches (pairs, then their windows, `windows.make_batch`), so a batch
-  never mixes streams and the worker does all the cutting and decoding; windows stay uint8 /
+  never mixes streams and the worker does all the cutting and decoding; a worker sends about
+  `--handoff-pairs` pairs (whole batches) per message, cut into recycled shared memory and copied
+  out once by the training process (`training/handoff.py`); windows stay uint8 /
   float16 (`windows.Batch`), are pinned when the device is a GPU and copied with
   `non_blocking=True`, and are converted and normalised on the device (`Batch.to`);
-- resume is exact: the DataLoader hands out the workers' batches in strict rotation, so the
-  batch of step s comes from stream s mod N. Every batch carries its stream's position after
+- resume is exact: the workers' batches are handed out in strict rotation (`Batches` takes one
+  message per worker and interleaves them), so the batch of step s comes from stream s mod N. Every batch carries its stream's position after
   drawing it (sampler generator, pairs drawn, shard buffer); `RankData.consumed` keeps the
   position of the last batch the loop actually used per stream (prefetched batches do not
   count), the checkpoint stores them, and a resumed loader starts each stream from its saved
@@ -28,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -39,7 +42,8 @@ from features.timebase import n_windows
 from training.data import (Shard, ShardBuffer, Utterance, foreign_audio_shards, rank_shards,
                            read_catalog, read_shard, rows_by_shard, select_rows, shard_plan)
 from training.sampler import PairSampler
-from training.windows import Batch, make_batch
+from training.handoff import Arena, Chunk, Slots, batch_bytes, chunk_batches
+from training.windows import Alloc, Batch, make_batch, new_tensor
 from training.sync_correction import summarize
 
 
@@ -60,6 +64,7 @@ class StreamSpec:
     cross_speaker_ratio: float = 0.2
     buffer_shards: int = 0  # per rank; each of N streams buffers ceil(buffer_shards / N)
     refresh_every: int = 200  # rank steps between shard swaps
+    handoff_pairs: int = 512  # pairs per worker message (whole batches; see training/handoff.py)
     image_scale: float = 1.0
     cache_frames: bool = False
     landmarks_center: bool = True
@@ -122,14 +127,15 @@ class PairStream:
         return PairSampler(utts, cross_speaker_ratio=self.spec.cross_speaker_ratio,
                            audio_pool=utts + self.foreign, rng=self.rng)
 
-    def next_batch(self) -> Batch:
+    def next_batch(self, alloc: Alloc = new_tensor) -> Batch:
         if self.buffer.streaming and self.batches > 0 and self.batches % self.refresh == 0:
             drawn = self.sampler.drawn
             self.buffer.advance()
             self.sampler = self._sampler()
             self.sampler.drawn = drawn
         pairs = self.sampler.sample(self.spec.batch_size)
-        batch = make_batch(pairs, self.sampler.utts, self.sampler.pool, self.spec.audio, self.spec.visual)
+        batch = make_batch(pairs, self.sampler.utts, self.sampler.pool, self.spec.audio, self.spec.visual,
+                           alloc)
         self.batches += 1
         batch.stream, batch.state = self.index, self.state()
         return batch
@@ -139,18 +145,60 @@ class PairStream:
 
 
 class PairDataset(IterableDataset):
-    """Endless batches; worker w of N serves the steps start + w, start + w + N, ..."""
+    """Endless batches; worker w of N serves the steps start + w, start + w + N, ...
 
-    def __init__(self, spec: StreamSpec, n_streams: int, start_step: int, states: list[dict | None]):
+    Batches travel as `handoff.Chunk`s of `chunk` consecutive batches of the worker's stream, cut
+    into its recycled arenas (`slots` says which are free; shared memory in a worker process);
+    `Batches` interleaves the workers' chunks back into step order. Without workers the chunks
+    are single batches, cut into recycled arenas all the same (no fresh pages per batch)."""
+
+    def __init__(self, spec: StreamSpec, n_streams: int, start_step: int, states: list[dict | None],
+                 chunk: int = 1, slots: Slots | None = None):
         self.spec, self.n_streams, self.start, self.states = spec, n_streams, start_step, states
+        self.chunk, self.slots = chunk, slots
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Chunk]:
         info = get_worker_info()
         worker = 0 if info is None else info.id
         index = (self.start + worker) % self.n_streams
         stream = PairStream(self.spec, index, self.n_streams, self.states[index])
+        first = stream.next_batch()  # its size sizes the arenas
+        arenas: list[Arena] = []
+        size = self.chunk * batch_bytes(first)
+        pending = [first]
         while True:
-            yield stream.next_batch()
+            slot = self.slots.take(worker)
+            while len(arenas) <= slot:
+                arenas.append(Arena(size, shared=info is not None))
+            arena = arenas[slot]
+            arena.used = 0
+            batches = pending + [stream.next_batch(arena.alloc) for _ in range(self.chunk - len(pending))]
+            pending = []
+            yield Chunk.pack(batches, arena, worker, slot, self.slots)
+
+
+class Batches:
+    """The training process's side: batches in step order from the DataLoader's items (batches,
+    or the workers' chunks taken one per worker and interleaved); `worker_pids` for benchmarks."""
+
+    def __init__(self, loader: DataLoader, n_workers: int, slots: Slots):
+        self.it = iter(loader)
+        self.n_workers, self.slots = n_workers, slots
+        self.ready: deque[Batch] = deque()
+
+    def __iter__(self) -> "Batches":
+        return self
+
+    def __next__(self) -> Batch:
+        if not self.ready:
+            chunks = [next(self.it).batches() for _ in range(max(1, self.n_workers))]  # one per worker
+            for group in zip(*chunks):  # step s from worker s mod N, as without chunks
+                self.ready.extend(group)
+        return self.ready.popleft()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in getattr(self.it, "_workers", [])]
 
 
 def _worker_init(_: int) -> None:
@@ -187,13 +235,16 @@ class RankData:
                           rank_shards(all_shards, rank, world), rank=rank, **settings)
         return cls(spec, workers)
 
-    def batches(self, start_step: int, pin_memory: bool = False, prefetch: int = 4) -> Iterator[Batch]:
-        """Batches for steps start_step, start_step + 1, ... (endless)."""
-        dataset = PairDataset(self.spec, self.n_streams, start_step, list(self.states))
+    def batches(self, start_step: int, pin_memory: bool = False, prefetch: int = 2) -> Batches:
+        """Batches for steps start_step, start_step + 1, ... (endless). With workers, `prefetch`
+        counts each worker's messages in flight (each `chunk` batches)."""
+        chunk = chunk_batches(self.spec.batch_size, self.spec.handoff_pairs) if self.workers else 1
+        slots = Slots(self.workers)
+        dataset = PairDataset(self.spec, self.n_streams, start_step, list(self.states), chunk, slots)
         loader = DataLoader(dataset, batch_size=None, num_workers=self.workers, pin_memory=pin_memory,
                             prefetch_factor=prefetch if self.workers else None,
                             worker_init_fn=_worker_init if self.workers else None)
-        return iter(loader)
+        return Batches(loader, self.workers, slots)
 
     def consumed(self, batch: Batch) -> None:
         """Record the position of the stream that drew `batch` (call for every batch used)."""

@@ -16,20 +16,25 @@ device (`Batch.to`, `normalise`). Shapes per representation:
 | landmarks | (5, 1434) float16 crop pixels | (x - offset) * scale (`data.norm_of`) |
 | tdmm | (5, 71) float32 | (x - offset) * scale (`data.norm_of`) |
 
-Only the window's JPEGs are decoded (libjpeg-turbo, `features.codecs`). rgb and parsing windows
+Only the window's JPEGs are decoded (libjpeg-turbo, `features.codecs`), straight into the batch,
+and of an rgb frame only its lower half: rgb frames carry a restart marker where that half
+starts (rgb version jpeg95-rst-2), which makes the half a JPEG of its own (`codecs.lower_half_jpeg`,
+about 1.7x cheaper than the whole frame; older stores decode whole frames, with a warning). rgb and parsing windows
 can be cut at a lower resolution (`Utterance.image_scale`, fit.py --image-scale 0.5: 24 x 48):
 rgb is then decoded at half size in the DCT domain, parsing class ids are subsampled; the
 adapters are convolutional and the pool after them adaptive, so the same model takes them.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from features.codecs import decode_jpeg_sequence
+from features.codecs import (decode_jpeg_into, decode_jpeg_sequence, jpeg_sequence_frames, jpeg_size,
+                            lower_half_jpeg)
 from features.timebase import WINDOW, window_slice
 from training import sync_correction
 from training.data import Utterance, rate_of
@@ -46,18 +51,46 @@ def field_start(utt: Utterance, name: str, t: int) -> int:
 
 def raw_window(utt: Utterance, name: str, t: int) -> np.ndarray:
     """One field's window starting at video frame t, as stored, in the model's layout."""
-    t = field_start(utt, name, t)
-    value = utt.data[name]
+    if name in IMAGE_FIELDS:
+        out = np.empty(*image_window_spec(utt, name))
+        write_window(out, utt, name, t)
+        return out
+    return _array_window(utt, name, field_start(utt, name, t))
+
+
+def write_window(out: np.ndarray, utt: Utterance, name: str, t: int) -> None:
+    """Cut field `name`'s window at video frame t straight into `out` (a batch's row): JPEG
+    frames are decoded into it (lip) or into one scratch frame whose lower half is copied in
+    (rgb), so a batch costs one copy per window, not a stack per window and one per batch."""
     if name == "rgb":
-        return _lower_frames(utt, value, t)  # (5, 48, 96, 3) uint8, frames put on channels later
+        _lower_frames_into(out, utt, utt.data[name], field_start(utt, name, t))
+    elif name == "lip":
+        t = field_start(utt, name, t)
+        for k, jpeg in enumerate(jpeg_sequence_frames(utt.data[name], t, t + WINDOW)):
+            decode_jpeg_into(jpeg, out[k], gray=True)
+    else:
+        out[...] = _array_window(utt, name, field_start(utt, name, t))
+
+
+def image_window_spec(utt: Utterance, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of an rgb / lip window, from the first JPEG's header (nothing decoded)."""
+    h, w = jpeg_size(jpeg_sequence_frames(utt.data[name], 0, 1)[0])
     if name == "lip":
-        return decode_jpeg_sequence(value, t, t + WINDOW, gray=True)  # (5, 96, 96)
+        return (WINDOW, h, w), np.dtype(np.uint8)
+    step = _step(utt.image_scale)
+    h, w = -(-h // step), -(-w // step)
+    return (WINDOW, h - h // 2, w, 3), np.dtype(np.uint8)
+
+
+def _array_window(utt: Utterance, name: str, t: int) -> np.ndarray:
+    """An array field's window at frame t (already sync-shifted): a view where the layout allows."""
+    value = utt.data[name]
     rows = window_slice(rate_of(name), t)
     if name == "mel":
         return value[None, :, rows]  # (1, 80, 16)
     if name == "parsing":
         step = _step(utt.image_scale)  # class ids are subsampled (nearest), never averaged
-        return np.ascontiguousarray(value[rows, value.shape[1] // 2::step, ::step])  # (5, 48, 96)
+        return value[rows, value.shape[1] // 2::step, ::step]  # (5, 48, 96)
     x = value[rows]
     return x.reshape(WINDOW, -1) if name == "landmarks" else x  # (5, 1434), hubert (10, D), tdmm
 
@@ -104,19 +137,41 @@ def window(utt: Utterance, name: str, t: int) -> np.ndarray:
     return normalise(x, name, off, scale)[0].numpy()
 
 
-def _lower_frames(utt: Utterance, data: bytes, t: int) -> np.ndarray:
-    """Lower halves of frames [t, t+5): only these JPEGs are decoded; with the utterance's frame
-    cache on (fit.py --cache-frames), each frame is decoded once and kept."""
+def _lower_frames_into(out: np.ndarray, utt: Utterance, data: bytes, t: int) -> None:
+    """Lower halves of frames [t, t+5) into `out`: only these JPEGs are decoded; with the
+    utterance's frame cache on (fit.py --cache-frames), each frame is decoded once and kept."""
     cache = utt.frame_cache
     scale = _step(utt.image_scale)
     if cache is None:
-        return _lower(decode_jpeg_sequence(data, t, t + WINDOW, scale=scale))
+        scratch = None
+        for k, jpeg in enumerate(jpeg_sequence_frames(data, t, t + WINDOW)):
+            half = lower_half_jpeg(jpeg)
+            if half is not None:  # rgb jpeg95-rst-2: the lower half decodes alone, at half the cost
+                decode_jpeg_into(half, out[k], scale=scale)
+                continue
+            _warn_whole_frames(utt)
+            scratch = decode_jpeg_into(jpeg, scratch, scale=scale)
+            out[k] = scratch[scratch.shape[0] // 2:]
+        return
     missing = [i for i in range(t, t + WINDOW) if i not in cache]
     if missing:
         lo, hi = missing[0], missing[-1] + 1
         for i, frame in zip(range(lo, hi), _lower(decode_jpeg_sequence(data, lo, hi, scale=scale))):
             cache.setdefault(i, frame)
-    return np.stack([cache[i] for i in range(t, t + WINDOW)])
+    for k in range(WINDOW):
+        out[k] = cache[t + k]
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_whole_frames(utt: Utterance) -> None:
+    """Once per dataset: its rgb frames predate the half-frame restart marker (rgb jpeg95-1)."""
+    if utt.dataset not in _WARNED:
+        _WARNED.add(utt.dataset)
+        warnings.warn(f"rgb frames of {utt.utt_id} ({utt.dataset}) have no restart marker at the lower "
+                      "half (rgb field version jpeg95-1): windows decode whole frames, about 1.7x "
+                      "slower; re-extract the rgb field to get version jpeg95-rst-2", stacklevel=3)
 
 
 def _step(scale: float) -> int:
@@ -181,15 +236,45 @@ def _layout(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def raw_windows(utts: Sequence[Utterance], name: str, starts: Sequence[tuple[int, int]]
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Raw windows of field `name` at (utterance index, start frame) pairs, stacked, with the
-    per-pair normalisation offsets and the field's scale (None where the field has none)."""
-    x = torch.from_numpy(np.stack([raw_window(utts[i], name, t) for i, t in starts]))
-    offsets = [window_offset(utts[i], name) for i, _ in starts]
-    off = None if offsets[0] is None else torch.from_numpy(np.stack(offsets))
-    scale = window_scale([utts[i] for i, _ in starts[:1]], name)
-    return x, off, None if scale is None else torch.from_numpy(scale)
+Alloc = Callable[[tuple[int, ...], np.dtype], torch.Tensor]
+
+
+def new_tensor(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+    """The default `Alloc`: a fresh CPU tensor (a loader worker passes its shared arena's)."""
+    return torch.empty(shape, dtype=TORCH_DTYPES[np.dtype(dtype)])
+
+
+TORCH_DTYPES = {np.dtype(n): getattr(torch, t) for n, t in
+                (("uint8", "uint8"), ("float16", "float16"), ("float32", "float32"), ("int64", "int64"))}
+
+
+def raw_windows(utts: Sequence[Utterance], name: str, starts: Sequence[tuple[int, int]],
+                alloc: Alloc = new_tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Raw windows of field `name` at (utterance index, start frame) pairs, cut into one tensor
+    from `alloc`, with the per-pair normalisation offsets and the field's scale (None where the
+    field has none)."""
+    first = utts[starts[0][0]]
+    if name in IMAGE_FIELDS:
+        shape, dtype = image_window_spec(first, name)
+    else:
+        probe = _array_window(first, name, field_start(first, name, starts[0][1]))
+        shape, dtype = probe.shape, probe.dtype
+    x = alloc((len(starts), *shape), dtype)
+    rows = x.numpy()
+    for j, (i, t) in enumerate(starts):
+        write_window(rows[j], utts[i], name, t)
+    off = None
+    if window_offset(first, name) is not None:
+        off = alloc((len(starts), window_offset(first, name).size), np.dtype(np.float32))
+        offsets = off.numpy()
+        for j, (i, _) in enumerate(starts):
+            offsets[j] = window_offset(utts[i], name)
+    scale = window_scale([first], name)
+    if scale is not None:
+        scale_t = alloc(scale.shape, scale.dtype)
+        scale_t.numpy()[...] = scale
+        scale = scale_t
+    return x, off, scale
 
 
 def model_windows(utts: Sequence[Utterance], name: str, starts: Sequence[tuple[int, int]],
@@ -207,10 +292,13 @@ def stack_windows(utts: Sequence[Utterance], name: str, starts: Sequence[tuple[i
 
 
 def make_batch(pairs: Sequence[Pair], utts: Sequence[Utterance], pool: Sequence[Utterance],
-               audio: str, visual: str) -> Batch:
-    """The raw windows of `pairs` (visual from `utts`, audio from the sampler's `pool`)."""
-    v, v_off, v_scale = raw_windows(utts, visual, [(p.v_utt, p.v_t) for p in pairs])
-    a, a_off, a_scale = raw_windows(pool, audio, [(p.a_utt, p.a_t) for p in pairs])
-    return Batch(v, a, torch.tensor([p.label for p in pairs], dtype=torch.float32),
-                 torch.tensor([KINDS.index(p.kind) for p in pairs], dtype=torch.long),
-                 visual, audio, v_off, a_off, v_scale, a_scale)
+               audio: str, visual: str, alloc: Alloc = new_tensor) -> Batch:
+    """The raw windows of `pairs` (visual from `utts`, audio from the sampler's `pool`), every
+    tensor from `alloc` (a loader worker's shared arena: one hand-off for many batches)."""
+    v, v_off, v_scale = raw_windows(utts, visual, [(p.v_utt, p.v_t) for p in pairs], alloc)
+    a, a_off, a_scale = raw_windows(pool, audio, [(p.a_utt, p.a_t) for p in pairs], alloc)
+    label = alloc((len(pairs),), np.dtype(np.float32))
+    label.numpy()[:] = [p.label for p in pairs]
+    kind = alloc((len(pairs),), np.dtype(np.int64))
+    kind.numpy()[:] = [KINDS.index(p.kind) for p in pairs]
+    return Batch(v, a, label, kind, visual, audio, v_off, a_off, v_scale, a_scale)

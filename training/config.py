@@ -42,8 +42,9 @@ class TrainConfig:
     save_every: int = _opt(0, "also write checkpoint.pt every N steps (it is written at every eval and at the end)")
     max_minutes: float = _opt(0.0, "stop training after this many minutes (0: no limit)")
     resume: bool = _opt(False, "continue from --out/checkpoint.pt (same step, same sampler position)")
-    workers: int | None = _opt(None, "loader worker processes per rank (unset: the rank's cores less one; "
-                                     "0: load in the training process)")
+    workers: int | None = _opt(None, "loader worker processes per rank (unset: the rank's cores less one on "
+                                     "a GPU, 0 on a CPU, where the model step is the bottleneck and "
+                                     "torch takes the cores; 0: load in the training process)")
     prefetch: int = _opt(2, "messages (--handoff-pairs pairs each) each loader worker prepares ahead")
     handoff_pairs: int = _opt(512, "pairs a loader worker sends per message, in whole batches (fewer, "
                                    "larger hand-offs: training/handoff.py)")

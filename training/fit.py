@@ -80,7 +80,9 @@ def train(cfg: TrainConfig) -> dict:
     device, master, out = dist.device, dist.master, Path(cfg.out)
     if master:
         out.mkdir(parents=True, exist_ok=True)
-    workers = default_workers(dist.local_world) if cfg.workers is None else cfg.workers
+    # on a CPU the model step, not the loader, is the bottleneck: cut in-process, torch takes the cores
+    workers = cfg.workers if cfg.workers is not None else (
+        default_workers(dist.local_world) if device.type == "cuda" else 0)
     if cfg.threads or (device.type == "cpu" and workers):  # leave the loader workers their cores
         torch.set_num_threads(cfg.threads or max(1, default_workers(dist.local_world) + 1 - workers))
     torch.manual_seed(cfg.seed)

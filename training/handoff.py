@@ -24,9 +24,12 @@ with an error after `WAIT_S`.
 """
 from __future__ import annotations
 
+import itertools
 import math
+import os
 import time
-from dataclasses import dataclass, field, replace
+import weakref
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,7 +42,7 @@ NUMPY_DTYPES = {t: n for n, t in TORCH_DTYPES.items()}
 ALIGN = 64  # bytes; every view starts on a cache line (and suits any dtype's alignment)
 MAX_ARENAS = 64  # per worker
 WAIT_S = 600.0  # a worker gives up when no arena is freed for this long (training process gone)
-_MAPPED: dict[tuple[int, int], torch.Tensor] = {}  # (worker, slot) -> arena, kept mapped here
+_SLOTS: "weakref.WeakValueDictionary[tuple[int, int], Slots]" = weakref.WeakValueDictionary()
 
 
 def aligned(n: int) -> int:
@@ -86,14 +89,34 @@ class Slots:
     """Which arenas of each worker are free: a small shared table, 1 = free, written by the
     worker when it fills an arena and by the training process when it has copied one out."""
 
+    _ids = itertools.count()
+
     def __init__(self, workers: int, per_worker: int = MAX_ARENAS):
         self.table = torch.ones((max(1, workers), per_worker), dtype=torch.int32).share_memory_()
+        self.key = (os.getpid(), next(Slots._ids))  # how a message finds these slots again
+        self.mapped: dict[tuple[int, int], torch.Tensor] = {}  # (worker, slot) -> arena, kept mapped
+        _SLOTS[self.key] = self
+
+    def __getstate__(self) -> dict:  # to a spawned worker: the table, not the training side's maps
+        return {"table": self.table, "key": self.key, "mapped": {}}
+
+    def arena(self, worker: int, slot: int, sent: torch.Tensor | None) -> torch.Tensor:
+        """A worker's arena on the training side: sent with its first message only, then kept
+        mapped here, so later messages carry no file descriptor and map nothing."""
+        if sent is not None:
+            self.mapped[(worker, slot)] = sent
+        return self.mapped[(worker, slot)]
 
     def take(self, worker: int) -> int:
-        row = self.table[worker]
+        """The worker's lowest free arena, marked in use; waits (bounded) while all are held.
+
+        The row is copied before it is searched: the training process frees slots at any time,
+        and a search over memory that changes under it (torch.nonzero counts, then writes) can
+        write past its result, which corrupted a worker's heap about once in 40 runs."""
+        row = self.table[worker].numpy()
         deadline = time.monotonic() + WAIT_S
         while True:
-            free = torch.nonzero(row).flatten()
+            free = np.flatnonzero(row.copy())
             if len(free):
                 slot = int(free[0])
                 row[slot] = 0
@@ -113,18 +136,19 @@ class Slots:
 
 @dataclass
 class Chunk:
-    """One worker message: consecutive batches of one stream, cut into `buffer`."""
+    """One worker message: consecutive batches of one stream, cut into a worker arena."""
 
-    buffer: torch.Tensor  # the arena (shared) or, after `own()`, the training process's copy
-    used: int  # bytes of `buffer` in use
+    buffer: torch.Tensor | None  # the arena, in the first message that uses it (else None), or pinned
+    used: int  # bytes of the arena in use
     layout: list[dict[str, Any]]  # per batch: tensor name -> (offset, shape, dtype) or a tensor
     meta: list[dict[str, Any]]  # per batch: names, stream, state
     worker: int = 0
-    slot: int | None = None  # the arena's slot while the worker's arena is referenced
-    slots: Slots | None = field(default=None, repr=False)
+    slot: int | None = None  # the arena's slot; None once the bytes are the training side's own
+    key: tuple[int, int] = (0, 0)  # the `Slots` it belongs to
 
     @classmethod
-    def pack(cls, batches: list[Batch], arena: Arena, worker: int, slot: int, slots: Slots) -> "Chunk":
+    def pack(cls, batches: list[Batch], arena: Arena, worker: int, slot: int, slots: Slots,
+             send_arena: bool) -> "Chunk":
         layout, meta = [], []
         for b in batches:
             where = {}
@@ -135,28 +159,31 @@ class Chunk:
             layout.append(where)
             meta.append({"visual_name": b.visual_name, "audio_name": b.audio_name,
                          "stream": b.stream, "state": b.state})
-        return cls(arena.buffer, arena.used, layout, meta, worker, slot, slots)
+        return cls(arena.buffer if send_arena else None, arena.used, layout, meta, worker, slot, slots.key)
 
     def pin_memory(self) -> "Chunk":
         """DataLoader(pin_memory=True) calls this on its pinning thread: the used bytes copied
         into pinned memory (torch's caching host allocator), and the arena freed at once."""
         if self.slot is None:
             return self
+        slots = _SLOTS[self.key]
+        arena = slots.arena(self.worker, self.slot, self.buffer)
         pinned = torch.empty(self.used, dtype=torch.uint8, pin_memory=True)
-        pinned.copy_(self.buffer[:self.used])
-        _MAPPED[(self.worker, self.slot)] = self.buffer
-        self.slots.release(self.worker, self.slot)
-        return replace(self, buffer=pinned, slot=None, slots=None)
+        pinned.copy_(arena[:self.used])
+        slots.release(self.worker, self.slot)
+        layout = [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in where.items()}
+                  for where in self.layout]  # a stream's first batch lies outside the arena
+        return replace(self, buffer=pinned, layout=layout, slot=None)
 
     def batches(self) -> list[Batch]:
-        """The chunk's batches, their tensors views of the buffer. Views of a worker's arena hold
-        a `Lease` on it: the arena is freed for reuse when the last of them is gone, so a batch
-        owns its memory for as long as anything references it, and nothing is copied."""
-        memory = self.buffer
+        """The chunk's batches, their tensors views of the arena. The views hold a `Lease` on
+        it: the arena is freed for reuse when the last of them is gone, so a batch owns its
+        memory for as long as anything references it, and nothing is copied."""
+        memory: torch.Tensor | np.ndarray = self.buffer
         if self.slot is not None:
-            _MAPPED[(self.worker, self.slot)] = self.buffer  # stays mapped: no new mapping next time
-            leased = self.buffer.numpy().view(_Leased)
-            leased.lease = Lease(self.slots, self.worker, self.slot)
+            slots = _SLOTS[self.key]
+            leased = slots.arena(self.worker, self.slot, self.buffer).numpy().view(_Leased)
+            leased.lease = Lease(slots, self.worker, self.slot)
             memory = leased
         out = []
         for where, meta in zip(self.layout, self.meta):
@@ -195,7 +222,7 @@ def _view(memory: torch.Tensor | np.ndarray, where: Any) -> torch.Tensor:
     if isinstance(where, torch.Tensor):
         return where
     off, shape, dtype = where
-    n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    n = math.prod(shape) * dtype.itemsize
     if isinstance(memory, np.ndarray):
         return torch.from_numpy(memory[off:off + n].view(NUMPY_DTYPES[dtype]).reshape(shape))
     return memory[off:off + n].view(dtype).view(shape)

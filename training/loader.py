@@ -166,6 +166,7 @@ class PairDataset(IterableDataset):
         arenas: list[Arena] = []
         size = self.chunk * batch_bytes(first)
         pending = [first]
+        sent: set[int] = set()  # arenas the training process has been sent (and keeps mapped)
         while True:
             slot = self.slots.take(worker)
             while len(arenas) <= slot:
@@ -174,7 +175,8 @@ class PairDataset(IterableDataset):
             arena.used = 0
             batches = pending + [stream.next_batch(arena.alloc) for _ in range(self.chunk - len(pending))]
             pending = []
-            yield Chunk.pack(batches, arena, worker, slot, self.slots)
+            yield Chunk.pack(batches, arena, worker, slot, self.slots, send_arena=slot not in sent)
+            sent.add(slot)
 
 
 class Batches:

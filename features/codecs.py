@@ -73,6 +73,9 @@ def restart_interval(height: int, width: int, mcu: int = 16) -> int:
     return top // mcu * -(-width // mcu) if top and top % mcu == 0 else 0
 
 
+_HALF_HEADER: list = [b"", b""]  # the last frame header split (through SOS) and its halved copy
+
+
 def lower_half_jpeg(jpeg: bytes | memoryview) -> bytes | None:
     """The lower half of a frame written with `half_restart`, as a JPEG of its own, or None.
 
@@ -81,9 +84,24 @@ def lower_half_jpeg(jpeg: bytes | memoryview) -> bytes | None:
     halved) followed by that data is a valid JPEG of the lower half. Decoded, it equals the whole
     frame's lower half except the first row's chroma (libjpeg's upsampling no longer sees the row
     above: differences of a few levels). None when the frame has no such marker (stores written
-    before rgb version jpeg95-rst-2), so callers decode the whole frame.
+    before rgb version jpeg95-rst-2), so callers decode the whole frame. The frames of a sequence
+    share one header, so the last header parsed is kept and a frame that repeats it costs one
+    comparison and one search.
     """
     data = bytes(jpeg)
+    header, halved = _HALF_HEADER
+    if not (header and data.startswith(header)):
+        parsed = _split_header(data)
+        if parsed is None:
+            return None
+        header, halved = _HALF_HEADER[:] = parsed
+    rst = data.find(b"\xff\xd0", len(header))
+    return halved + data[rst + 2:] if rst >= 0 else None
+
+
+def _split_header(data: bytes) -> tuple[bytes, bytes] | None:
+    """(header through SOS, the same with the frame height halved) when the frame has a restart
+    interval of exactly its upper half's MCUs (4:2:0), else None."""
     i, sof, dri, sos_end = 2, -1, 0, -1
     while i + 4 <= len(data) and data[i] == 0xFF:
         marker, n = data[i + 1], (data[i + 2] << 8) | data[i + 3]
@@ -100,10 +118,8 @@ def lower_half_jpeg(jpeg: bytes | memoryview) -> bytes | None:
     h, w = (data[sof + 5] << 8) | data[sof + 6], (data[sof + 7] << 8) | data[sof + 8]
     if dri != restart_interval(h, w) or data[sof + 11] != 0x22:  # 4:2:0 luma sampling only
         return None
-    rst = data.find(b"\xff\xd0", sos_end)
-    if rst < 0:
-        return None
-    return b"".join((data[:sof + 5], _U16.pack(h - h // 2), data[sof + 7:sos_end], data[rst + 2:]))
+    header = data[:sos_end]
+    return header, header[:sof + 5] + _U16.pack(h - h // 2) + header[sof + 7:]
 
 
 def encode_jpeg_sequence(frames: np.ndarray, quality: int = 95, half_restart: bool = False) -> bytes:

@@ -117,18 +117,20 @@ def step_rate(combo: str, args: argparse.Namespace, device: torch.device) -> dic
 
 
 def loader_rates(combo: str, args: argparse.Namespace) -> dict:
-    from benchmarks.loader import in_process_rate, worker_rate
-    from training.data import load_utterances
+    """fit.py's loader on the store: windows/s per core in this process, and with --workers."""
+    from benchmarks.loader import Drain
 
     audio, visual = parse_combo(combo)
-    ns = argparse.Namespace(seed=0, batch_size=args.batch_size, windows=args.loader_windows,
-                            image_scale=1.0, cache_frames=False)
-    utts = load_utterances(args.store, [audio, visual], ["train"])
-    per_core, _, _ = in_process_rate(utts, audio, visual, ns)
-    out = {"loader_per_core": per_core}
+    ns = argparse.Namespace(seed=0, batch_size=args.batch_size, image_scale=1.0, cache_frames=False,
+                            handoff_pairs=512, prefetch=2)
+    inline = Drain(Path(args.store), audio, visual, 0, ns)
+    inline.interval(args.loader_windows)
+    out = {"loader_per_core": inline.cpus[-1]}
+    del inline
     if args.workers:
-        out["loader_workers"], out["loader_workers_per_cpu_s"] = worker_rate(
-            Path(args.store), audio, visual, args.workers, ns)
+        drain = Drain(Path(args.store), audio, visual, args.workers, ns)
+        drain.interval(args.loader_windows)
+        out["loader_workers"], out["loader_workers_per_cpu_s"] = drain.walls[-1], drain.cpus[-1]
     return out
 
 

@@ -1,5 +1,5 @@
 """How loader workers hand batches to the training process: many batches per message, cut into
-shared memory that is recycled, copied out once on arrival.
+shared memory that is recycled, used in place on arrival.
 
 Why: on this kind of machine (a VM) every fresh 4 KiB page costs about 6 us to fault in, and a
 torch tensor sent between processes costs a new shared-memory segment, a file descriptor and a
@@ -8,8 +8,9 @@ that way, as much as cutting it, so two workers gave fewer windows a second than
 
 - a worker cuts a whole chunk of batches (`chunk_batches`, about 512 pairs) into one `Arena`: a
   flat shared uint8 buffer whose pages were faulted in once, handed out as aligned tensor views;
-- the message (`Chunk`) carries the arena (torch passes its file descriptor; the receiving side
-  maps it once and keeps it), where each tensor lies in it, and the batches' metadata;
+- the message (`Chunk`) carries where each tensor lies in the arena and the batches' metadata;
+  the arena itself (torch passes its file descriptor) travels with its first message only and
+  stays mapped on the receiving side (`Slots.arena`);
 - the training process turns the message into batches whose tensors are views of the arena
   (nothing copied) and hold a lease on it: when the last view is garbage, the arena is marked
   free in a small shared table (`Slots`) and the worker cuts its next chunk into it. On a GPU
@@ -87,7 +88,7 @@ class Arena:
 
 class Slots:
     """Which arenas of each worker are free: a small shared table, 1 = free, written by the
-    worker when it fills an arena and by the training process when it has copied one out."""
+    worker when it takes an arena and by the training process when the arena's batches are gone."""
 
     _ids = itertools.count()
 

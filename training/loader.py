@@ -9,15 +9,15 @@ The WebDataset idiom, with the trainer's pair sampling inside it:
   process, through the same code;
 - a stream draws whole batches (pairs, then their windows, `windows.make_batch`), so a batch
   never mixes streams and the worker does all the cutting and decoding; a worker sends about
-  `--handoff-pairs` pairs (whole batches) per message, cut into recycled shared memory and copied
-  out once by the training process (`training/handoff.py`); windows stay uint8 /
+  `--handoff-pairs` pairs (whole batches) per message, cut into recycled shared memory that the
+  training process uses in place (`training/handoff.py`); windows stay uint8 /
   float16 (`windows.Batch`), are pinned when the device is a GPU and copied with
   `non_blocking=True`, and are converted and normalised on the device (`Batch.to`);
 - resume is exact: the workers' batches are handed out in strict rotation (`Batches` takes one
-  message per worker and interleaves them), so the batch of step s comes from stream s mod N. Every batch carries its stream's position after
-  drawing it (sampler generator, pairs drawn, shard buffer); `RankData.consumed` keeps the
-  position of the last batch the loop actually used per stream (prefetched batches do not
-  count), the checkpoint stores them, and a resumed loader starts each stream from its saved
+  message per worker and interleaves them), so the batch of step s comes from stream s mod N.
+  Every batch carries its stream's position after drawing it (sampler generator, pairs drawn,
+  shard buffer); `RankData.consumed` keeps the position of the last batch the loop actually
+  used per stream (prefetched batches do not count), the checkpoint stores them, and a resumed loader starts each stream from its saved
   position and lets worker w serve stream (start + w) mod N. Resuming with another --workers
   restarts the streams from their seeds (with a warning).
 
@@ -180,8 +180,8 @@ class PairDataset(IterableDataset):
 
 
 class Batches:
-    """The training process's side: batches in step order from the DataLoader's items (batches,
-    or the workers' chunks taken one per worker and interleaved); `worker_pids` for benchmarks."""
+    """The training process's side: batches in step order from the DataLoader's chunks (one per
+    worker, interleaved; single-batch chunks without workers); `worker_pids` for benchmarks."""
 
     def __init__(self, loader: DataLoader, n_workers: int, slots: Slots):
         self.it = iter(loader)

@@ -18,9 +18,9 @@ device (`Batch.to`, `normalise`). Shapes per representation:
 
 Only the window's JPEGs are decoded (libjpeg-turbo, `features.codecs`), straight into the batch,
 and of an rgb frame only its lower half: rgb frames carry a restart marker where that half
-starts (rgb version jpeg95-rst-2), which makes the half a JPEG of its own (`codecs.lower_half_jpeg`,
-about 1.7x cheaper than the whole frame; older stores decode whole frames, with a warning). rgb and parsing windows
-can be cut at a lower resolution (`Utterance.image_scale`, fit.py --image-scale 0.5: 24 x 48):
+starts (rgb version jpeg95-rst-2), which makes the half a JPEG of its own
+(`codecs.lower_half_jpeg`, about 1.7x cheaper than the whole frame; older stores decode whole
+frames, with a warning). rgb and parsing windows can be cut at a lower resolution (`Utterance.image_scale`, fit.py --image-scale 0.5: 24 x 48):
 rgb is then decoded at half size in the DCT domain, parsing class ids are subsampled; the
 adapters are convolutional and the pool after them adaptive, so the same model takes them.
 """
@@ -33,8 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from features.codecs import (decode_jpeg_into, decode_jpeg_sequence, jpeg_sequence_frames, jpeg_size,
-                            lower_half_jpeg)
+from features.codecs import decode_jpeg_into, jpeg_sequence_frames, jpeg_size, lower_half_jpeg
 from features.timebase import WINDOW, window_slice
 from training import sync_correction
 from training.data import Utterance, rate_of
@@ -60,8 +59,8 @@ def raw_window(utt: Utterance, name: str, t: int) -> np.ndarray:
 
 def write_window(out: np.ndarray, utt: Utterance, name: str, t: int) -> None:
     """Cut field `name`'s window at video frame t straight into `out` (a batch's row): JPEG
-    frames are decoded into it (lip) or into one scratch frame whose lower half is copied in
-    (rgb), so a batch costs one copy per window, not a stack per window and one per batch."""
+    frames (lip, and rgb's lower halves) are decoded into it and array windows copied in once,
+    not stacked per window and again per batch."""
     if name == "rgb":
         _lower_frames_into(out, utt, utt.data[name], field_start(utt, name, t))
     elif name == "lip":
@@ -142,24 +141,28 @@ def _lower_frames_into(out: np.ndarray, utt: Utterance, data: bytes, t: int) -> 
     utterance's frame cache on (fit.py --cache-frames), each frame is decoded once and kept."""
     cache = utt.frame_cache
     scale = _step(utt.image_scale)
+    jpegs = jpeg_sequence_frames(data, t, t + WINDOW)
     if cache is None:
-        scratch = None
-        for k, jpeg in enumerate(jpeg_sequence_frames(data, t, t + WINDOW)):
-            half = lower_half_jpeg(jpeg)
-            if half is not None:  # rgb jpeg95-rst-2: the lower half decodes alone, at half the cost
-                decode_jpeg_into(half, out[k], scale=scale)
-                continue
-            _warn_whole_frames(utt)
-            scratch = decode_jpeg_into(jpeg, scratch, scale=scale)
-            out[k] = scratch[scratch.shape[0] // 2:]
+        for k, jpeg in enumerate(jpegs):
+            _decode_lower_half(jpeg, out[k], scale, utt)
         return
-    missing = [i for i in range(t, t + WINDOW) if i not in cache]
-    if missing:
-        lo, hi = missing[0], missing[-1] + 1
-        for i, frame in zip(range(lo, hi), _lower(decode_jpeg_sequence(data, lo, hi, scale=scale))):
-            cache.setdefault(i, frame)
-    for k in range(WINDOW):
+    for k, jpeg in enumerate(jpegs):
+        if t + k not in cache:
+            cache[t + k] = _decode_lower_half(jpeg, np.empty_like(out[k]), scale, utt)
         out[k] = cache[t + k]
+
+
+def _decode_lower_half(jpeg: memoryview, out: np.ndarray, scale: int, utt: Utterance) -> np.ndarray:
+    """The lower half of one rgb frame decoded into `out` (returned): alone when the frame has
+    the half's restart marker (rgb jpeg95-rst-2, half the cost), else from the whole frame."""
+    half = lower_half_jpeg(jpeg)
+    if half is not None:
+        decode_jpeg_into(half, out, scale=scale)
+    else:
+        _warn_whole_frames(utt)
+        whole = decode_jpeg_into(jpeg, scale=scale)
+        out[...] = whole[whole.shape[0] // 2:]
+    return out
 
 
 _WARNED: set[str] = set()
@@ -179,11 +182,6 @@ def _step(scale: float) -> int:
     if scale <= 0 or abs(step * scale - 1) > 1e-6 or step not in (1, 2, 4, 8):
         raise ValueError(f"image scale {scale} is not 1, 1/2, 1/4 or 1/8")
     return step
-
-
-def _lower(frames: np.ndarray) -> np.ndarray:
-    """(k, H, W, 3) frames -> their lower halves (Wav2Lip: the sync expert sees the lower half)."""
-    return frames[:, frames.shape[1] // 2:]
 
 
 @dataclass
@@ -264,8 +262,9 @@ def raw_windows(utts: Sequence[Utterance], name: str, starts: Sequence[tuple[int
     for j, (i, t) in enumerate(starts):
         write_window(rows[j], utts[i], name, t)
     off = None
-    if window_offset(first, name) is not None:
-        off = alloc((len(starts), window_offset(first, name).size), np.dtype(np.float32))
+    first_offset = window_offset(first, name)
+    if first_offset is not None:
+        off = alloc((len(starts), first_offset.size), np.dtype(np.float32))
         offsets = off.numpy()
         for j, (i, _) in enumerate(starts):
             offsets[j] = window_offset(utts[i], name)

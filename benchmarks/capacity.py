@@ -2,8 +2,8 @@
 of core-hours and store bytes per corpus. (The store's own costs at corpus scale, catalog build,
 verify and trainer start-up, are benchmarks/catalog_scale.py.)
 
-    python benchmarks/capacity.py                          # 200 synthetic utterances of 1-2 s
-    python benchmarks/capacity.py --utterances 24 --workers 1 2 --profile 4
+    python -m benchmarks.capacity                          # 200 synthetic utterances of 1-2 s
+    python -m benchmarks.capacity --utterances 24 --workers 1 2 --profile 4
 
 1. Generates a synthetic corpus (pipelines/synthetic.py) of --utterances clips.
 2. Runs pipelines/extract.py on it once per --workers value (fresh store, private local Ray) and
@@ -29,8 +29,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 FPS = 25
 # Corpus hours assumed by the plan (published totals, all subsets; override with --hours).

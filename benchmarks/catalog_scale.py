@@ -1,6 +1,6 @@
 """Catalog build, verify and trainer start-up at corpus scale, on a fabricated store (no media).
 
-    python benchmarks/catalog_scale.py --utterances 250000 1000000
+    python -m benchmarks.catalog_scale --utterances 250000 1000000
 
 For each N it fabricates a store with the project's own writers (catalog/plan.py plans
 content-sized shards, catalog/tars.py writes the tars, catalog/sidecar.py the sidecars):
@@ -36,10 +36,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 DATASET = "bench"
 FIELDS = ["landmarks", "mel", "meta"]

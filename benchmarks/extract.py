@@ -1,7 +1,7 @@
 """Frames per second of decoding, face tracking and every field, on one core, against decode-only
 and "decode + MediaPipe face mesh in tracking mode on the full frame" measured side by side.
 
-    python benchmarks/extract.py [--real ../shared/corpus/real] [--hd-seconds 10] [--rounds 2]
+    python -m benchmarks.extract [--real ../shared/corpus/real] [--hd-seconds 10] [--rounds 2]
                                  [--synthetic-utterances 12] [--json benchmarks/extract.json]
 
 Sets: the shared real clips; a 1080p clip (1920x1080 H.264, built under a temp dir from the real
@@ -21,14 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):
-    sys.path.insert(0, str(REPO))
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 OTHER_FIELDS = ["landmarks", "parsing", "tdmm", "audio", "mel", "fbank", "hubert"]

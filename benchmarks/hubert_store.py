@@ -1,6 +1,6 @@
 """A copy of a store with the hubert field added by a tiny random HuBERT, for benchmarks.
 
-    python benchmarks/hubert_store.py --store demo_out/store --out /tmp/hstore [--hubert-model DIR]
+    python -m benchmarks.hubert_store --store demo_out/store --out /tmp/hstore [--hubert-model DIR]
 
 The demo store has no hubert field: the demo skips it where the real weights cannot be
 downloaded. The hubert combos (hubert_rgb, hubert_parsing, hubert_landmarks, hubert_tdmm) still
@@ -19,25 +19,22 @@ and finishes an interrupted one. Progress goes to stderr; the copy's path to std
 """
 from __future__ import annotations
 
+import argparse
+import os
+import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+from catalog.build import read_table
+from catalog.layout import read_store_json
+from catalog.plan import read_plan
+from catalog.splits import assign_split_column
+from features.hubert import save_tiny_random_model
+from pipelines.adapters import list_utterances
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-
-from catalog.build import read_table  # noqa: E402
-from catalog.layout import read_store_json  # noqa: E402
-from catalog.plan import read_plan  # noqa: E402
-from catalog.splits import assign_split_column  # noqa: E402
-from features.hubert import save_tiny_random_model  # noqa: E402
-from pipelines.adapters import list_utterances  # noqa: E402
 
 ROW_SIZE = 1024  # hidden size of facebook/hubert-large-ls960-ft: rows as large as the real field's
 DERIVED_ROOTS = ("folder", "synthetic")  # adapters whose utt_id is the video path under the root

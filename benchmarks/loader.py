@@ -1,7 +1,7 @@
 """Loader benchmark: training windows per second per core with 0, 1 and 2 loader workers, and the
 bytes read per field, per combo.
 
-    python benchmarks/loader.py --store STORE [--combos mel_landmarks mel_rgb] [--workers 0 1 2] [--json out.json]
+    python -m benchmarks.loader --store STORE [--combos mel_landmarks mel_rgb] [--workers 0 1 2] [--json out.json]
 
 For each combo whose fields the store holds (all eight by default):
 
@@ -30,17 +30,12 @@ row for the lip field's windows (grayscale mouth ROIs; no combo reads them yet).
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 import argparse
 import json
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 

@@ -1,6 +1,6 @@
 """Peak memory per extraction worker on large inputs, against the documented bound.
 
-    python benchmarks/memory.py [--real ../shared/corpus/real] [--minutes-1080p 5] [--seconds-4k 20]
+    python -m benchmarks.memory [--real ../shared/corpus/real] [--minutes-1080p 5] [--seconds-4k 20]
                                 [--ray] [--json benchmarks/memory.json]
 
 Builds, under a temporary folder (never committed), a long 1080p clip (1920x1080) and a short 4K
@@ -25,8 +25,6 @@ from fractions import Fraction
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):
-    sys.path.insert(0, str(REPO))
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 CPU_FIELDS = ["audio", "rgb", "landmarks", "mel", "parsing", "tdmm", "lip", "fbank", "meta"]

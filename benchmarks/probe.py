@@ -1,6 +1,6 @@
 """Probe pass speed and shot-cut agreement with PySceneDetect, on long videos made of real clips.
 
-    python benchmarks/probe.py [--real ../shared/corpus/real] [--sizes 360 1080] [--json probe.json]
+    python -m benchmarks.probe [--real ../shared/corpus/real] [--sizes 360 1080] [--json probe.json]
 
 Builds one long video per size by concatenating the real clips (a shot cut between each pair,
 see pipelines/corpora/fixtures.concat_clips), then times on one core, side by side:
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def decode_fps(path: Path) -> tuple[float, int]:
@@ -41,13 +40,12 @@ def decode_fps(path: Path) -> tuple[float, int]:
 
 PEAK_RSS = """
 import resource, sys
-sys.path.insert(0, sys.argv[1])
 from features.shots import FaceSampler, probe_video
 import scenedetect, av
 FaceSampler().close()
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if sys.argv[2] != "-":
-    probe_video(sys.argv[2])
+if sys.argv[1] != "-":
+    probe_video(sys.argv[1])
 print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
@@ -56,7 +54,7 @@ def probe_peak_rss_mb(path: Path) -> tuple[float, float]:
     """(peak RSS of a process that only loads the probe's libraries, peak after probing `path`), MB."""
     import subprocess
 
-    out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(REPO), str(path)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path)], capture_output=True, text=True,
                          check=True).stdout.split()
     return int(out[0]) / 1024, int(out[1]) / 1024
 

@@ -1,7 +1,7 @@
 """Training step benchmark: UniSync steps/s on the device at hand, and whether the loader keeps up.
 
-    python benchmarks/step.py [--combos mel_rgb mel_landmarks] [--width 1.0] [--batch-size 64]
-    python benchmarks/step.py --store STORE --combos mel_rgb --workers 2    # + loader / step ratio
+    python -m benchmarks.step [--combos mel_rgb mel_landmarks] [--width 1.0] [--batch-size 64]
+    python -m benchmarks.step --store STORE --combos mel_rgb --workers 2    # + loader / step ratio
 
 A step is exactly fit.py's: raw uint8 / float16 windows copied to the device (non_blocking from
 pinned memory on CUDA) and normalised there (windows.Batch.to), forward under bf16 autocast on
@@ -13,16 +13,10 @@ printed: >= 1 means the device would not wait for data.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 

@@ -1,11 +1,11 @@
 """Does the scoring CLI find injected audio offsets? Share of clips correct within 1 frame.
 
-    python benchmarks/sync_offsets.py                       # demo_out's checkpoint, or trains one
-    python benchmarks/sync_offsets.py --checkpoint runs/mel_landmarks/best.pt --speakers 2
+    python -m benchmarks.sync_offsets                       # demo_out's checkpoint, or trains one
+    python -m benchmarks.sync_offsets --checkpoint runs/mel_landmarks/best.pt --speakers 2
 
 Synthetic clips of a seed the demo never used (the demo's corpus is seed 0; these are seeds
 101, 102, ...) get their audio delayed by d = -10 .. 10 frames (pipelines/synthetic.py's shift
-variants); `training/score.py --scorer unisync` scores each clip from the video (its own face
+variants); `training/sync/score.py --scorer unisync` scores each clip from the video (its own face
 tracking and features), and a clip is correct when the reported offset is within 1 frame of -d
 (syncnet_python's sign: audio late by d frames reads -d). Target: >= 90%.
 
@@ -15,19 +15,16 @@ mel and meta, fit.py mel_landmarks at width 0.25 for --train-minutes).
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):
-    sys.path.insert(0, str(REPO))
-
 import argparse
 import json
 import os
 import re
 import subprocess
+import sys
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 SHIFT_DIR = re.compile(r"shift([+-]\d+)")
 
@@ -100,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     shifts = range(-args.max_shift, args.max_shift + 1)
     n = make_clips(work / "clips", shifts, args.speakers, args.utterances, args.seed)
     out = work / "scores"
-    cmd = [sys.executable, str(REPO / "training" / "score.py"), str(work / "clips"), "--scorer", "unisync",
+    cmd = [sys.executable, str(REPO / "training" / "sync" / "score.py"), str(work / "clips"), "--scorer", "unisync",
            "--checkpoint", str(ckpt), "--out", str(out), "--plots", str(out / "plots"),
            "--workers", str(args.workers), "--threads", str(args.threads), "--edges", args.edges]
     print("$", " ".join(cmd))

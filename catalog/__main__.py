@@ -3,7 +3,7 @@
     python -m catalog summary  --store S              counts, splits, fields, errors
     python -m catalog speakers --store S [--dataset lrs2] [--split test] [--limit 20]
     python -m catalog splits   --store S [--val 0.1 --test 0.1 --seed 0 [--write]]
-    python -m catalog overlap  --store S [--by official|speaker] [--fail-on-overlap]
+    python -m catalog overlap  --store S [--by auto|official|speaker] [--fail-on-overlap]
     python -m catalog sql      --store S "SELECT count(*) FROM utterances WHERE n_frames >= 50" [--csv]
     python -m catalog verify   --store S [--dataset lrs2] [--fields rgb mel] [--deep]
 
@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-FMT = argparse.ArgumentDefaultsHelpFormatter
+from catalog.lock import StoreLocked
+from features.cli import HelpFormatter
+
+FMT = HelpFormatter
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--write", action="store_true", help="store the recomputed split in the catalog")
 
     s = command("overlap", "speakers shared between any two splits")
-    s.add_argument("--by", choices=["official", "speaker"], default="official",
-                   help="official split lists or the computed speaker-disjoint split")
+    s.add_argument("--by", choices=["auto", "official", "speaker"], default="auto",
+                   help="official split lists, the computed speaker-disjoint split, or auto: official "
+                        "where the corpus has lists (lrs2, lrs3), else speaker")
     s.add_argument("--dataset", default=None, help="only this dataset")
     s.add_argument("--fail-on-overlap", action="store_true", help="exit 1 when any two splits share a speaker")
 
@@ -78,10 +83,17 @@ def main(argv=None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StoreLocked as exc:  # splits --write while another job writes the store
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:  # SQL errors included
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2, default=str) if args.json else text)
+    try:
+        print(json.dumps(result, indent=2, default=str) if args.json else text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return code
 
 
@@ -99,7 +111,13 @@ def _run(args):
     if args.command == "splits":
         from catalog.queries import format_splits, splits
 
-        r = splits(args.store, args.val, args.test, args.seed, args.dataset, args.write)
+        if args.write:  # a writer: one per store at a time (catalog/lock.py)
+            from catalog.lock import store_lock
+
+            with store_lock(args.store):
+                r = splits(args.store, args.val, args.test, args.seed, args.dataset, args.write)
+        else:
+            r = splits(args.store, args.val, args.test, args.seed, args.dataset, args.write)
         return r, format_splits(r), 0
     if args.command == "overlap":
         from catalog.queries import format_overlap, overlap

@@ -9,7 +9,24 @@ the shard in plan order; a dictionary is built only if one does not).
 Sidecar member entries may carry `"columns": {name: value}`; they are merged into the
 utterance's row (typed by COLUMN_TYPES where the name is known; other names pass through with the
 type Arrow infers). A sidecar with no tar beside it, for a name outside the store's fields (the
-sync pass's `sync`), contributes only its columns.
+sync pass's `sync`), contributes only its columns. A sidecar that does not parse (not JSON, not a
+sidecar) reads as missing, never a crash: its rows are `missing` / `incomplete` and `verify`
+names it; the next extraction run redoes the pair.
+
+Status semantics (what `status` and `field_<name>` promise):
+
+- `field_<name>` is the field's own state for the utterance: `ok` (its member holds the data),
+  `error` (a placeholder member; the errors table gives stage and reason) or `missing` (no
+  intact tar and sidecar for the shard yet).
+- `status` is the utterance's own data: `ok` when every field of the store is present and no field
+  failed on the utterance's data; `error` when some field failed on it (stages decode, face,
+  feature, or a per-utterance model failure), or when its shard's worker died for good (stage
+  `worker`: nothing of the utterance was made, and the utterance may be what killed it);
+  `incomplete` when some field is missing (a later run fills it in).
+- A field that failed for a reason outside the utterance -- its model could not load
+  (`job_level` sidecar entries, stage `model`) -- is `field_<name>` = error and an errors-table
+  row, but leaves `status` as the other fields make it: `status = 'ok'` queries keep every
+  utterance whose own data is fine, and a combo that needs the field filters on `field_<name>`.
 """
 from __future__ import annotations
 
@@ -21,8 +38,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from catalog.layout import field_dir, shard_name, table_path
+from catalog.layout import (catalog_dir, field_dir, new_generation, publish_generation, shard_name, table_path,
+                            writing)
 from catalog.plan import PLAN_COLUMNS, PLAN_SCHEMA, plan_table, write_plan
+from catalog.sidecar import own_failure, parse_sidecar
 from catalog.splits import assign_split_column
 
 SPEAKER_SOURCE = {  # what a corpus's speaker_id really is; LRS2 has no speaker labels
@@ -50,12 +69,22 @@ LEGACY_META_COLUMNS = ("n_frames", "detection_rate", "face_size", "detection_con
 RESULT_COLUMNS = [("split", pa.string()), ("status", pa.string()), ("duration_s", pa.float64())]
 
 
+def write_tables(store: Path, tables: dict[str, pa.Table]) -> None:
+    """Write the tables as the store's next catalog generation and switch to it atomically
+    (catalog/layout.py): readers see the previous catalog until every table is in place."""
+    tmp = new_generation(store)
+    with writing(catalog_dir(store), tmp):
+        for name, table in tables.items():
+            path = tmp / table_path(store, name).name
+            pq.write_table(table, path)
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+        publish_generation(store, tmp)
+
+
 def write_table(store: Path, name: str, table: pa.Table) -> None:
-    path = table_path(store, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    """Replace one table (the others are carried over into the new generation)."""
+    write_tables(store, {name: table})
 
 
 def _listing(store: Path, dataset: str) -> dict[str, set[str]]:
@@ -110,18 +139,20 @@ def build_catalog(store: Path, plan: list[dict] | pa.Table, fields: list[str], v
                 if ds != dataset:
                     continue
                 name = shard_name(dataset, shard_id)
-                if f"{name}.json" not in files or (not columns_only and f"{name}.tar" not in files):
+                side = None
+                if f"{name}.json" in files and (columns_only or f"{name}.tar" in files):
+                    side = _read_sidecar(base / f"{name}.json")  # None: broken, reads as missing
+                if side is None:
                     if not columns_only:
                         states[lo:hi] = ["missing"] * (hi - lo)
                         status[lo:hi] = ["incomplete"] * (hi - lo)
                     continue
-                side = json.loads((base / f"{name}.json").read_bytes())
-                entries = side.get("members", [])
+                entries = side["members"]
                 if not columns_only:
                     field_rows.append({
                         "dataset": dataset, "shard_id": shard_id, "field": field, "version": side["version"],
                         "path": f"shards/{dataset}/{field}/{name}.tar", "n_members": side["n_members"],
-                        "n_ok": sum(m["status"] == "ok" for m in entries), "bytes": side["bytes"],
+                        "n_ok": sum(m.get("status") == "ok" for m in entries), "bytes": side["bytes"],
                         "sha256": side["sha256"]})
                 for j, m in enumerate(entries):
                     i = row_of(dataset, m.get("utt_id"), lo + j)
@@ -131,11 +162,11 @@ def build_catalog(store: Path, plan: list[dict] | pa.Table, fields: list[str], v
                         merge(i, m["columns"])
                     if columns_only:
                         continue
-                    states[i] = m["status"]
+                    states[i] = m.get("status")
                     if field == "meta" and "columns" not in m:  # sidecars written before `columns`
                         merge(i, {k: m[k] for k in LEGACY_META_COLUMNS if k in m})
-                    if m["status"] != "ok":
-                        if status[i] != "incomplete":
+                    if m.get("status") != "ok":
+                        if status[i] != "incomplete" and own_failure(m):  # a job-level failure is not the row's
                             status[i] = "error"
                         error_rows.append({"utt_id": m["utt_id"], "dataset": dataset, "shard_id": shard_id,
                                            "field": field, "stage": m.get("stage"), "reason": m.get("reason")})
@@ -152,9 +183,16 @@ def build_catalog(store: Path, plan: list[dict] | pa.Table, fields: list[str], v
         "fields": pa.Table.from_pylist(field_rows, schema=_FIELD_SCHEMA),
         "errors": pa.Table.from_pylist(error_rows, schema=_ERROR_SCHEMA),
     }
-    for name, t in tables.items():
-        write_table(store, name, t)
+    write_tables(store, tables)
     return tables
+
+
+def _read_sidecar(path: Path) -> dict | None:
+    """The sidecar at `path`, or None when it cannot be read or is not a sidecar."""
+    try:
+        return parse_sidecar(path.read_bytes())
+    except OSError:
+        return None
 
 
 def _shard_ranges(datasets: list[str], shard_ids: list[int]) -> dict[tuple[str, int], tuple[int, int]]:
@@ -247,4 +285,5 @@ def read_table(store: Path, name: str) -> pa.Table:
     return pq.read_table(path)
 
 
-__all__ = ["build_catalog", "read_table", "write_plan", "write_table", "COLUMN_TYPES", "PLAN_COLUMNS"]
+__all__ = ["build_catalog", "read_table", "write_plan", "write_table", "write_tables", "COLUMN_TYPES",
+           "PLAN_COLUMNS"]

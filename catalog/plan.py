@@ -1,9 +1,17 @@
 """The shard plan: which utterances go in which shard, in which order, fixed before extraction.
 
-The plan is the plan columns of the catalog's utterances table (PLAN_SCHEMA, the one typed
-definition). A re-run keeps every planned row where it is and appends the utterances it has not
-seen in new shards after the dataset's last one, so completed shards stay valid and their tars
-are never rewritten.
+The plan is its own file, `<store>/plan.parquet` (PLAN_SCHEMA, the one typed definition), written
+before extraction; its columns are also the first columns of the catalog's utterances table,
+which is only replaced when a build ends (so readers keep the previous catalog for the whole
+run). Stores written before the plan had its own file keep it in the utterances table, and
+read_plan reads it from there. A re-run keeps every planned row where it is and appends the
+utterances it has not seen in new shards after the dataset's last one, so completed shards stay
+valid and their tars are never rewritten.
+
+Two utterance ids that map to one tar key (`x y` and `x_y`: keys have no spaces or dots): the
+one planned first keeps the key; the later one is planned as an error row, with a key of its own
+(`<key>-dupN`), `plan_error` naming the other, in a shard of such rows after the dataset's new
+shards; the job writes its error placeholders without extracting it (stage `plan`).
 
 Shards are sized by content: `extend_plan` fills each new shard with utterances, in the order
 given, until their seconds of video reach `shard_minutes` (default 5 minutes: ~4,000 shards
@@ -26,7 +34,7 @@ from typing import Any, Iterable, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from catalog.layout import table_path, utt_key
+from catalog.layout import plan_path, table_path, temporary_name, utt_key, writing
 
 DEFAULT_SHARD_MINUTES = 5.0
 ASSUMED_BYTES_PER_SECOND = 80_000  # small talking-face mp4s (the sample clips: 65-110 kB/s)
@@ -39,6 +47,7 @@ PLAN_SCHEMA = pa.schema([
     ("start_s", pa.float64()), ("end_s", pa.float64()),  # a segment of a long source (or null)
     ("language", pa.string()),
     ("planned_seconds", pa.float64()),  # the seconds the shard sizing counted (see module doc)
+    ("plan_error", pa.string()),  # why the row is an error before extraction (a key collision), or null
 ])
 PLAN_COLUMNS = PLAN_SCHEMA.names
 
@@ -49,8 +58,11 @@ def plan_table(rows: Iterable[Mapping]) -> pa.Table:
 
 
 def read_plan_table(store: Path) -> pa.Table:
-    """The plan columns of the store's utterances table (all datasets); empty when there is none."""
-    path = table_path(store, "utterances")
+    """The store's plan (all datasets): plan.parquet, else the plan columns of an older store's
+    utterances table; empty when there is neither."""
+    path = plan_path(store)
+    if not path.exists():
+        path = table_path(store, "utterances")
     if not path.exists():
         return PLAN_SCHEMA.empty_table()
     names = set(pq.read_schema(path).names)
@@ -67,12 +79,15 @@ def read_plan(store: Path) -> list[dict]:
 
 
 def write_plan(store: Path, plan: list[dict]) -> None:
-    """Store the plan (as the utterances table) before extraction; build_catalog adds the results."""
-    path = table_path(store, "utterances")
+    """Store the plan (plan.parquet, atomically) before extraction; the catalog is left as it is."""
+    path = plan_path(store)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(plan_table(plan), tmp)
-    tmp.replace(path)
+    tmp = temporary_name(path)
+    with writing(path, tmp):
+        pq.write_table(plan_table(plan), tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def _as_row(utt: Any) -> dict:
@@ -111,24 +126,52 @@ def extend_plan(existing: list[dict], dataset: str, utterances: Iterable[Any],
     target = shard_minutes * 60.0
     rows = [r for r in existing if r["dataset"] == dataset]
     known = {r["utt_id"] for r in rows}
+    owner = {r["key"]: r for r in rows}  # key -> the row holding it
+    if len(owner) != len(rows):
+        raise ValueError(f"dataset {dataset!r}: the store's plan holds one tar key twice")
     shard = max((r["shard_id"] for r in rows), default=-1) + 1
     fresh = [row for row in map(_as_row, utterances) if row["utt_id"] not in known]
     _warn_resegmented(known, [r["utt_id"] for r in fresh], dataset)
-    index, filled = 0, 0.0
+    index, filled, collided = 0, 0.0, []
     for row in fresh:
+        key = utt_key(row["utt_id"])
+        if key in owner:  # the later of two ids sharing a key: an error row, planned below
+            collided.append((row, key, owner[key]))
+            continue
         seconds = planned_seconds(row)
-        rows.append({**{c: row.get(c) for c in PLAN_COLUMNS}, "key": utt_key(row["utt_id"]),
+        rows.append({**{c: row.get(c) for c in PLAN_COLUMNS}, "key": key, "plan_error": None,
                      "dataset": dataset, "shard_id": shard, "index_in_shard": index,
                      "planned_seconds": round(seconds, 3)})
+        owner[key] = rows[-1]
         index, filled = index + 1, filled + seconds
         if filled >= target or (shard_size is not None and index >= shard_size):
             shard, index, filled = shard + 1, 0, 0.0
-    keys = set()
-    for r in rows:
-        if r["key"] in keys:
-            raise ValueError(f"dataset {dataset!r}: two utterance ids map to the same tar key {r['key']!r}")
-        keys.add(r["key"])
+    if collided:
+        rows += _collision_rows(collided, owner, dataset, shard + (index > 0))
     return rows
+
+
+def _collision_rows(collided: list[tuple[dict, str, dict]], owner: dict[str, dict], dataset: str,
+                    shard: int) -> list[dict]:
+    """One shard of error rows for ids whose key another planned id holds (see the module doc)."""
+    out = []
+    for index, (row, key, other) in enumerate(collided):
+        n = 1
+        while f"{key}-dup{n}" in owner:
+            n += 1
+        reason = (f"{row['utt_id']!r} maps to tar key {key!r}, which {other['utt_id']!r} "
+                  f"({other.get('video_path')}) already has; rename one of the two files")
+        out.append({**{c: row.get(c) for c in PLAN_COLUMNS}, "key": f"{key}-dup{n}", "dataset": dataset,
+                    "shard_id": shard, "index_in_shard": index, "plan_error": reason,
+                    "planned_seconds": round(planned_seconds(row), 3)})
+        owner[out[-1]["key"]] = out[-1]
+        print(f"warning: {dataset}: {reason}; it is an error row (stage 'plan')", file=sys.stderr)
+    return out
+
+
+def plan_errors(plan: Iterable[Mapping]) -> list[dict]:
+    """The rows planned as errors (key collisions): the job writes their placeholders."""
+    return [r for r in plan if r.get("plan_error")]
 
 
 def _warn_resegmented(known: set[str], fresh: list[str], dataset: str) -> None:

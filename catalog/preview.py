@@ -15,6 +15,7 @@ import numpy as np
 
 from catalog.layout import models_dir
 from catalog.lookup import find_utterance, read_members, read_sample
+from features.cli import HelpFormatter
 from features.fields import ERROR_EXT, FIELDS
 from features.landmarks import LIPS, mouth_opening
 from features.timebase import FPS
@@ -119,7 +120,7 @@ def render_preview(store: Path, utt_id: str, out: Path, n_thumbs: int = 8) -> Pa
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m catalog.preview", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--store", required=True, type=Path, help="feature store")
     p.add_argument("--utt", required=True, help="utterance id, e.g. spk00/u00")
     p.add_argument("--out", type=Path, default=Path("preview.png"), help="PNG to write")

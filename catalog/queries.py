@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from catalog.build import read_table, write_table
+from catalog.build import read_table, write_tables
 from catalog.splits import assign_splits
 
 SPLIT_COLUMNS = {"official": "official_split", "speaker": "split", "official_split": "official_split",
@@ -80,28 +80,32 @@ def _write_splits(store: Path, utts: list[dict]) -> None:
     by_key = {(u["dataset"], u["utt_id"]): u["split"] for u in utts}
     new = [by_key[(d, i)] for d, i in zip(table["dataset"].to_pylist(), table["utt_id"].to_pylist())]
     idx = table.column_names.index("split")
-    write_table(store, "utterances", table.set_column(idx, "split", pa.array(new, pa.string())))
+    utterances = table.set_column(idx, "split", pa.array(new, pa.string()))
     spk = read_table(store, "speakers")
     per_speaker = {(u["dataset"], u["speaker_id"]): u["split"] for u in utts}
     new = [per_speaker.get((d, s)) for d, s in zip(spk["dataset"].to_pylist(), spk["speaker_id"].to_pylist())]
-    write_table(store, "speakers", spk.set_column(spk.column_names.index("split"), "split",
-                                                  pa.array(new, pa.string())))
+    speakers = spk.set_column(spk.column_names.index("split"), "split", pa.array(new, pa.string()))
+    write_tables(store, {"utterances": utterances, "speakers": speakers})  # one atomic switch
 
 
-def overlap(store: Path, by: str = "official", dataset: str | None = None, examples: int | None = None) -> dict:
+def overlap(store: Path, by: str = "auto", dataset: str | None = None, examples: int | None = None) -> dict:
     """Speakers shared between every two splits of each dataset.
 
-    by: "official" (the corpus's lists, column official_split) or "speaker" (the computed
-    speaker-disjoint split, column split). Utterances outside every split are counted, not paired.
+    by: "official" (the corpus's lists, column official_split), "speaker" (the computed
+    speaker-disjoint split, column split) or "auto" (official when any utterance has an official
+    split, else speaker). Utterances outside every split are counted, not paired.
     Every pair is reported, zero or not; `overlapping_pairs` counts pairs sharing a speaker.
     """
+    utterances = list(_utterances(store, dataset))
+    if by == "auto":  # the corpus's own lists where it has them (lrs2, lrs3), else the computed split
+        by = "official" if any(u["official_split"] for u in utterances) else "speaker"
     if by not in SPLIT_COLUMNS:
-        raise ValueError(f"by must be one of {sorted(SPLIT_COLUMNS)}")
+        raise ValueError(f"by must be one of {sorted(SPLIT_COLUMNS) + ['auto']}")
     column = SPLIT_COLUMNS[by]
     out = {"store": str(store), "by": column, "datasets": {}, "overlapping_pairs": 0}
     per: dict[str, dict[str, dict[str, int]]] = {}
     unassigned: dict[str, int] = {}
-    for u in _utterances(store, dataset):
+    for u in utterances:
         if not u[column]:
             unassigned[u["dataset"]] = unassigned.get(u["dataset"], 0) + 1
             continue

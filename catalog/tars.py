@@ -38,6 +38,41 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_parts(parts: Iterable[bytes | Any]) -> str:
+    """SHA-256 of the parts one after another, each bytes or a member that streams its bytes
+    (`chunks()`, e.g. features.codecs.SpilledMember): one field's members, never joined in memory."""
+    h = hashlib.sha256()
+    for part in parts:
+        for chunk in _chunks_of(part):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _chunks_of(data: bytes | Any) -> Iterable[bytes]:
+    return (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data.chunks()
+
+
+class _ChunkReader(io.RawIOBase):
+    """A member that streams its bytes (`chunks()`) as the file object tarfile copies from."""
+
+    def __init__(self, data: Any):
+        self.chunks, self.left = iter(data.chunks()), memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.left:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                return 0
+            self.left = memoryview(chunk)
+        n = min(len(buffer), len(self.left))
+        buffer[:n] = self.left[:n]
+        self.left = self.left[n:]
+        return n
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """SHA-256 of a file, read in chunks (tars can be large)."""
     h = hashlib.sha256()
@@ -118,11 +153,15 @@ class TarWriter:
         self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.USTAR_FORMAT)
         return self
 
-    def add(self, name: str, data: bytes) -> None:
-        """Append one member; its bytes go to disk now (only this member is held)."""
+    def add(self, name: str, data: bytes | Any) -> None:
+        """Append one member; its bytes go to disk now (only this member is held). `data` is
+        bytes, or a member of known `len()` that streams its bytes (`chunks()`, e.g. a
+        features.codecs.SpilledMember), copied block by block from its spill file."""
         if self._tar is None:
             raise RuntimeError(f"{self.path}: TarWriter.add outside its `with` block")
-        self._tar.addfile(_header(name, len(data)), io.BytesIO(data))
+        source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else \
+            io.BufferedReader(_ChunkReader(data), 1 << 20)
+        self._tar.addfile(_header(name, len(data)), source)
         self.n_members += 1  # bytes and sha256 are set when the block ends (a digest per member is waste)
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from catalog.build import read_table
 from catalog.layout import field_dir, read_store_json, shard_name, sidecar_path, tar_path
+from catalog.sidecar import parse_sidecar
 from catalog.tars import check_complete, iter_members, sha256, sha256_file
 
 ERROR_SUFFIX = "error.json"
@@ -108,11 +109,16 @@ def verify(store: Path, dataset: str | None = None, fields: list[str] | None = N
                         f"sha256 {digest[:12]}... on disk, catalog says {row['sha256'][:12]}...")
             side = None
             try:
-                side = json.loads(side_path.read_text())
+                raw = side_path.read_bytes()
+                json.loads(raw)
+                side = parse_sidecar(raw)
+                if side is None:
+                    problem(ds, shard_id, field, "bad sidecar", "JSON but not a sidecar (an object with version, "
+                            "bytes, sha256 and members); the next extraction run redoes the pair")
             except FileNotFoundError:
                 problem(ds, shard_id, field, "missing sidecar", str(side_path.relative_to(store)))
-            except ValueError as exc:
-                problem(ds, shard_id, field, "bad sidecar", f"not JSON: {exc}")
+            except (ValueError, UnicodeDecodeError) as exc:
+                problem(ds, shard_id, field, "bad sidecar", f"not JSON: {exc}; the next extraction run redoes the pair")
             if side is not None:
                 if row is not None and (side.get("sha256") != row["sha256"] or side.get("bytes") != row["bytes"]
                                         or side.get("n_members") != row["n_members"]):

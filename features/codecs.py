@@ -1,14 +1,147 @@
 """Byte codecs for tar members: arrays as .npy, per-frame JPEG sequences, FLAC audio, JSON.
 
 Every encoder is deterministic (same input, same bytes) so re-runs give byte-identical tars.
+
+Spilling: a member built frame by frame over a long utterance (a JPEG sequence, the landmarks)
+can be built in an anonymous temporary file instead of memory (`SpilledMember`: its size is known
+and its bytes are read back in blocks), so a worker's memory does not grow with one utterance's
+length. It is opt-in (`spill_members`, which the extraction worker calls): every other caller
+gets bytes as before. A spilled member holds the same bytes the in-memory encoder gives.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import struct
+import tempfile
+from array import array
+from typing import Iterator
 
 import numpy as np
+
+SPILL_OVER: int | None = None  # members over this many bytes are built on disk (None: never)
+SPILL_DIR: str | None = None  # where spill files live (None: the system's TMPDIR)
+READ_BLOCK = 1 << 20  # bytes a spilled member is read back in
+
+
+def spill_members(over: int | None = 8 << 20, directory: str | None = None) -> None:
+    """Build members larger than `over` bytes in temporary files from now on (None: never).
+    `directory` should be on disk, not a RAM-backed tmpfs (default: TMPDIR)."""
+    global SPILL_OVER, SPILL_DIR
+    SPILL_OVER, SPILL_DIR = over, directory
+
+
+def spill_wanted(nbytes: int) -> bool:
+    return SPILL_OVER is not None and nbytes > SPILL_OVER
+
+
+class SpillFile:
+    """An append-only anonymous temporary file (unlinked at once: nothing is left behind, even
+    when the process is killed; the space is freed when the object is closed or collected)."""
+
+    def __init__(self):
+        where = SPILL_DIR if SPILL_DIR and os.path.isdir(SPILL_DIR) else None
+        self.file = tempfile.TemporaryFile(prefix=".unisync-spill-", dir=where, buffering=0)
+        self.size = 0
+
+    def append(self, data: bytes | memoryview) -> int:
+        """Write `data` at the end; returns its offset."""
+        offset, view = self.size, memoryview(data).cast("B")
+        while view:
+            n = os.pwrite(self.file.fileno(), view, self.size)
+            self.size += n
+            view = view[n:]
+        return offset
+
+    def read(self, offset: int, n: int) -> bytes:
+        data = os.pread(self.file.fileno(), n, offset)
+        if len(data) != n:
+            raise OSError(f"spill file: read {len(data)} of {n} bytes at {offset}")
+        return data
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class SpilledMember:
+    """A tar member held on disk: `head` (in memory) followed by byte ranges of a spill file.
+
+    `len()` is its size; `chunks()` yields its bytes in order, in blocks of about READ_BLOCK
+    (adjacent ranges are read together); `getvalue()` gives them all at once (small members,
+    tests); `sha256()` digests them block by block. The ranges are parallel arrays so a member
+    of 100,000 frames costs 1.6 MB of index, not a Python object per frame.
+    """
+
+    def __init__(self, spill: SpillFile, head: bytes, offsets: array, lengths: array):
+        self.spill, self.head, self.offsets, self.lengths = spill, head, offsets, lengths
+        self.size = len(head) + sum(lengths)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.head:
+            yield self.head
+        yield from self.data_chunks()
+
+    def data_chunks(self) -> Iterator[bytes]:
+        """The bytes after `head`, read from the spill file in blocks."""
+        start, end = -1, -1
+        for offset, n in zip(self.offsets, self.lengths):
+            if offset == end and end - start + n <= READ_BLOCK:
+                end += n
+                continue
+            if end > start:
+                yield self.spill.read(start, end - start)
+            start, end = offset, offset + n
+            while end - start > READ_BLOCK:  # one range larger than a block: read it in blocks
+                yield self.spill.read(start, READ_BLOCK)
+                start += READ_BLOCK
+        if end > start:
+            yield self.spill.read(start, end - start)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.chunks())
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        for chunk in self.chunks():
+            h.update(chunk)
+        return h.hexdigest()
+
+
+def as_bytes(data: bytes | SpilledMember) -> bytes:
+    """A member's bytes in memory, whether it was spilled or not."""
+    return data.getvalue() if isinstance(data, SpilledMember) else data
+
+
+def npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    """The .npy header `np.save` writes for a C-ordered array of `shape` and `dtype`."""
+    from numpy.lib import format as npy_format
+
+    buf = io.BytesIO()
+    header = {"descr": npy_format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": tuple(int(n) for n in shape)}
+    try:
+        npy_format.write_array_header_1_0(buf, header)
+    except ValueError:  # a header over 64 KiB: np.save switches to version 2.0 the same way
+        buf = io.BytesIO()
+        npy_format.write_array_header_2_0(buf, header)
+    return buf.getvalue()
+
+
+def spill_npy(blocks: Iterator[np.ndarray], shape: tuple[int, ...], dtype: np.dtype) -> SpilledMember:
+    """An .npy member of `shape` written block by block (C order along the first axis) to a
+    spill file: the bytes `encode_npy` gives for the whole array."""
+    spill = SpillFile()
+    for block in blocks:
+        spill.append(np.ascontiguousarray(block, dtype=dtype).reshape(-1).view(np.uint8))
+    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if spill.size != expected:
+        raise ValueError(f"spilled .npy holds {spill.size} bytes, its shape {shape} needs {expected}")
+    return SpilledMember(spill, npy_header(shape, dtype), array("q", [0]), array("q", [spill.size]))
 
 
 def encode_npy(array: np.ndarray) -> bytes:
@@ -17,8 +150,30 @@ def encode_npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_npy(data: bytes) -> np.ndarray:
+def decode_npy(data: bytes | SpilledMember) -> np.ndarray:
+    if isinstance(data, SpilledMember):
+        return _read_spilled_npy(data)
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _read_spilled_npy(member: SpilledMember) -> np.ndarray:
+    """A spilled .npy read straight into one array (no second copy of its bytes)."""
+    from numpy.lib import format as npy_format
+
+    head = io.BytesIO(member.head)
+    version = npy_format.read_magic(head)
+    read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+    shape, fortran, dtype = read_header(head)
+    if fortran or head.tell() != len(member.head):
+        raise ValueError("spilled .npy: unexpected header")
+    out = np.empty(shape, dtype)
+    flat, at = out.reshape(-1).view(np.uint8), 0
+    for chunk in member.data_chunks():
+        flat[at:at + len(chunk)] = np.frombuffer(chunk, np.uint8)
+        at += len(chunk)
+    if at != flat.size:
+        raise ValueError(f"spilled .npy: {at} data bytes for a {shape} {dtype} array")
+    return out
 
 
 def encode_json(obj: dict) -> bytes:

@@ -10,9 +10,12 @@ whenever the mesh loses the face; otherwise the next frame's mesh square is plac
 current frame's mesh (ROI_SCALE x its extent, the same framing as 1.8 x a detection box).
 
 Memory: frames are consumed one at a time and held for LOOKAHEAD frames only, until the smoothed
-track around them is settled; what is kept per frame is small (478 points, a crop square and
-whatever the crop makers encode, e.g. a 96x96 JPEG). Smoothing and gap filling run on those
-small arrays. A crop maker's frame whose track is not settled within the look-ahead (no face
+track around them is settled; what is kept per frame is small: 478 float32 points (in blocks,
+`PointStore`), a crop square, and whatever the crop makers encode (96x96 JPEGs, which go to a
+spill file once a sequence passes features.codecs.SPILL_OVER when spilling is on). Smoothing and
+gap filling run on those small arrays, and the landmarks are moved into crop coordinates a block
+at a time into one float16 array (the stored precision), never through whole-clip float32 or
+float64 copies. A crop maker's frame whose track is not settled within the look-ahead (no face
 seen yet) is made in a second pass over the frames (`reopen`), never by holding frames.
 """
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -48,13 +51,13 @@ class FaceError(Exception):
 
 @dataclass
 class FaceTrack:
-    landmarks: np.ndarray  # (n, 478, 3) float32, crop pixel coordinates (z on the x scale)
+    landmarks: np.ndarray  # (n, 478, 3) float16 (as stored), crop pixel coordinates (z on the x scale)
     boxes: np.ndarray  # (n, 3) float32 crop square per frame in source pixels: x0, y0, side
     detection_rate: float  # share of frames where the mesh found the face before gap filling
     detection_confidence: float  # mean detector score over the detector runs that found the face
     missing_frames: list[int]  # frames filled by holding or interpolating neighbours
     detector_runs: int = 0  # how often the detector ran (the rest was mesh tracking)
-    outputs: dict[str, bytes] = field(default_factory=dict)  # crop maker name -> its bytes
+    outputs: dict[str, Any] = field(default_factory=dict)  # crop maker name -> its bytes or SpilledMember
 
 
 def crop_to_image(landmarks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -114,6 +117,56 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.stack([np.convolve(padded[:, j], kernel, mode="valid") for j in range(values.shape[1])], 1)
 
 
+LANDMARK_BLOCK = 1024  # frames moved into crop coordinates at a time (a few MB of float32)
+
+
+def filled_points(points: Sequence[np.ndarray | None], found: np.ndarray, max_gap: int) -> Iterator[np.ndarray]:
+    """Each frame's (478, 3) float32 points after `fill_gaps` then `hold_nearest`, in order: the
+    same values as the whole-clip rule, computed run by run (a short gap from its two neighbours,
+    a long one held from the nearest found frame), so no (n, 478, 3) copy is ever made."""
+    n = len(points)
+    _, filled = fill_gaps(np.zeros((n, 1), np.float32), found, max_gap)  # which gaps interpolate
+    pick = hold_nearest(np.arange(n), filled)  # the frame a frame left unfilled is held from
+    zero = np.zeros((N_LANDMARKS, 3), np.float32)
+    t = 0
+    while t < n:
+        if found[t]:
+            yield points[t]
+            t += 1
+            continue
+        end = t
+        while end < n and not found[end]:
+            end += 1
+        if filled[t]:  # interpolated (or an edge held) by fill_gaps on the run and its neighbours
+            lo, hi = max(t - 1, 0), min(end + 1, n)
+            window = np.stack([zero if p is None else p for p in points[lo:hi]])
+            yield from fill_gaps(window, found[lo:hi], max_gap)[0][t - lo:end - lo]
+        else:
+            for i in range(t, end):
+                yield points[pick[i]]
+        t = end
+
+
+def crop_landmarks(points: Sequence[np.ndarray | None], found: np.ndarray, boxes_c: np.ndarray,
+                   max_gap: int) -> np.ndarray:
+    """(n, 478, 3) float16 landmarks in crop pixels (the stored precision) from per-frame image
+    points (None where the mesh missed), gaps filled, each frame moved into its crop square
+    (boxes_c: centre x, centre y, side). Made LANDMARK_BLOCK frames at a time with the whole-clip
+    arithmetic (float64 transform into float32, then float16), so the bytes are the same."""
+    n = len(points)
+    out = np.empty((n, N_LANDMARKS, 3), np.float16)
+    origin = boxes_c[:, :2] - boxes_c[:, 2:3] / 2
+    scale = (CROP_SIZE / boxes_c[:, 2])[:, None]
+    frames = filled_points(points, found, max_gap)
+    for a in range(0, n, LANDMARK_BLOCK):
+        b = min(n, a + LANDMARK_BLOCK)
+        block = np.stack([next(frames) for _ in range(a, b)])
+        block[:, :, :2] = (block[:, :, :2] - origin[a:b, None, :]) * scale[a:b, :, None]
+        block[:, :, 2] = block[:, :, 2] * scale[a:b]
+        out[a:b] = block
+    return out
+
+
 def square_warp(frame: np.ndarray, cx: float, cy: float, side: float, out: int) -> np.ndarray:
     """The square of `side` source pixels centred on (cx, cy), resized to out x out."""
     import cv2
@@ -151,7 +204,7 @@ class CropMaker(Protocol):
 
     def add(self, t: int, frame: np.ndarray, params: np.ndarray) -> None: ...
 
-    def result(self) -> bytes: ...
+    def result(self) -> Any: ...  # the member: bytes, or a features.codecs.SpilledMember
 
 
 # A NormalizedLandmarkList serialised: per landmark a length-delimited entry (tag 0x0a, 15 bytes)
@@ -203,12 +256,47 @@ def prominence(box: np.ndarray, score: float, width: int, height: int) -> float:
     return float(area * (1 - off) * score)
 
 
+class PointStore:
+    """Per-frame (478, 3) float32 points, or None where the mesh missed, kept in blocks of BLOCK
+    frames: no Python object per frame, and each block is one allocation above glibc's mmap
+    threshold (features.media), so dropping the store returns its memory to the system at once
+    (a list of per-frame arrays left ~6 KB per frame of freed heap behind)."""
+
+    BLOCK = 256  # 1.4 MB of float32 a block
+
+    def __init__(self):
+        self.blocks: list[np.ndarray] = []
+        self.valid = bytearray()
+
+    def append(self, points: np.ndarray | None) -> None:
+        t = len(self.valid)
+        if t % self.BLOCK == 0:
+            self.blocks.append(np.empty((self.BLOCK, N_LANDMARKS, 3), np.float32))
+        if points is not None:
+            self.blocks[-1][t % self.BLOCK] = points
+        self.valid.append(points is not None)
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    def __getitem__(self, key: int | slice):
+        if isinstance(key, slice):
+            return [self[t] for t in range(*key.indices(len(self)))]
+        if not self.valid[key]:
+            return None
+        return self.blocks[key // self.BLOCK][key % self.BLOCK]
+
+    def found(self) -> np.ndarray:
+        """(n,) bool: the frames where the mesh found the face."""
+        return np.frombuffer(bytes(self.valid), np.uint8).astype(bool)
+
+
 class _Pass:
     """The state of one utterance's tracking pass."""
 
     def __init__(self, tracker: "FaceTracker", makers: list[CropMaker]):
         self.tracker, self.makers = tracker, makers
-        self.points: list[np.ndarray | None] = []  # per frame: (478, 3) image pixels, or None
+        self.points = PointStore()  # per frame: (478, 3) image pixels, or None
         self.geometries = {"face": FACE_SQUARE, **{m.name: m.geometry for m in makers if m.geometry}}
         self.params: dict[str, list[np.ndarray | None]] = {k: [] for k in self.geometries}
         self.scores: list[float] = []  # detector scores of the main face
@@ -368,7 +456,7 @@ class FaceTracker:
 
     def _finish(self, state: _Pass, n: int, makers: list[CropMaker],
                 reopen: Callable[[], Iterable[np.ndarray]] | None) -> FaceTrack:
-        found = np.array([p is not None for p in state.points])
+        found = state.points.found()
         if not state.scores and not found.any():
             raise FaceError(f"no face detected in any of {n} frames")
         detection_rate = float(found.mean())
@@ -377,19 +465,13 @@ class FaceTracker:
                             f"(at most {self.max_missing:.0%} may be missing)")
         # Frames before the face was first settled take the first settled placement (the nearest).
         boxes_c = np.stack([state.first["face"] if b is None else b for b in state.boxes])
+        state.boxes = []
         if state.pending:
             self._second_pass(state, makers, reopen)
-        zero = np.zeros((N_LANDMARKS, 3), np.float32)
-        points = np.stack([zero if p is None else p for p in state.points])
-        state.points = []
-        points, filled = fill_gaps(points, found, self.max_gap)
-        points = hold_nearest(points, filled)
-        origin = boxes_c[:, :2] - boxes_c[:, 2:3] / 2
-        scale = (CROP_SIZE / boxes_c[:, 2])[:, None]
-        points[:, :, :2] = (points[:, :, :2] - origin[:, None, :]) * scale[:, :, None]
-        points[:, :, 2] = points[:, :, 2] * scale
-        boxes = np.column_stack([origin, boxes_c[:, 2]]).astype(np.float32)
-        return FaceTrack(landmarks=points.astype(np.float32), boxes=boxes, detection_rate=detection_rate,
+        landmarks = crop_landmarks(state.points, found, boxes_c, self.max_gap)
+        state.points = PointStore()
+        boxes = np.column_stack([boxes_c[:, :2] - boxes_c[:, 2:3] / 2, boxes_c[:, 2]]).astype(np.float32)
+        return FaceTrack(landmarks=landmarks, boxes=boxes, detection_rate=detection_rate,
                          detection_confidence=float(np.mean(state.scores)) if state.scores else 0.0,
                          missing_frames=np.flatnonzero(~found).tolist(), detector_runs=state.detector_runs,
                          outputs={m.name: m.result() for m in makers})

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from features.codecs import decode_npy, encode_npy
+from features.errors import ModelUnavailable
 
 DEFAULT_MODEL = "facebook/hubert-large-ls960-ft"
 MANDARIN_MODEL = "TencentGameMate/chinese-hubert-large"
@@ -24,10 +25,9 @@ CHUNK = 20 * 16000  # samples per inference chunk (a multiple of HOP)
 CONTEXT = 16000  # samples of context on each side of a chunk (a multiple of HOP)
 
 
-class HubertLoadError(RuntimeError):
-    """The weights could not be loaded; the message says which id or path and what to do."""
-
-    stage = "model"
+class HubertLoadError(ModelUnavailable):
+    """The weights could not be loaded; the message says which id or path and what to do.
+    A job-level failure (features.errors): it is not the utterance's."""
 
 
 _FAILED: dict[str, HubertLoadError] = {}  # a model that failed to load fails fast afterwards

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.codecs import decode_npy, encode_npy
+from features.codecs import SpilledMember, decode_npy, encode_npy, spill_npy, spill_wanted
 
 IBUG68 = [
     127, 234, 93, 58, 172, 136, 150, 176, 152, 400, 379, 365, 397, 288, 323, 454, 356,  # jaw
@@ -25,11 +25,20 @@ UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
 FOREHEAD, CHIN = 10, 152
 
 
-def encode(landmarks: np.ndarray) -> bytes:
-    return encode_npy(landmarks.astype(np.float16))
+BLOCK = 4096  # frames converted and spilled at a time
 
 
-def decode(data: bytes) -> np.ndarray:
+def encode(landmarks: np.ndarray) -> bytes | SpilledMember:
+    """float16 .npy; a long utterance's (when spilling is on) is written to a spill file block
+    by block, with the same bytes."""
+    shape = landmarks.shape
+    if not spill_wanted(int(np.prod(shape, dtype=np.int64)) * 2):
+        return encode_npy(landmarks.astype(np.float16))
+    blocks = (landmarks[a:a + BLOCK] for a in range(0, len(landmarks), BLOCK))
+    return spill_npy(blocks, shape, np.float16)
+
+
+def decode(data: bytes | SpilledMember) -> np.ndarray:
     return decode_npy(data)
 
 

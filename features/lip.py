@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.codecs import decode_jpeg_sequence, encode_jpeg_sequence
+from features.codecs import SpilledMember, decode_jpeg_sequence, encode_jpeg_sequence
 from features.face import Geometry, smooth
 from features.landmarks import LIPS
 from features.rgb import JpegSequence
@@ -79,7 +79,7 @@ class MouthRois:
     def add(self, t: int, frame: np.ndarray, params: np.ndarray) -> None:
         self.sequence.add(t, np.repeat(mouth_roi(frame, *params)[..., None], 3, axis=2))
 
-    def result(self) -> bytes:
+    def result(self) -> bytes | SpilledMember:
         return self.sequence.getvalue()
 
 

@@ -8,9 +8,19 @@ Grid frame t (covering [t/25, (t+1)/25)) is the source frame whose presentation 
 from the first video frame, is nearest to t/25. Frames are never re-numbered, so 30 fps and
 variable-rate sources keep their timing.
 
+Frames are yielded as a player shows them (`Orientation`): non-square pixels are resampled to
+square ones (the width scaled by the stream's sample aspect ratio, in the same conversion step as
+the RGB one), then the frame is turned and mirrored as the display matrix on the frames (or a
+legacy `rotate` tag) says, so a portrait phone clip stored landscape comes out upright before any
+tracker sees it. A display transform that is not a right-angle turn or mirror, an aspect ratio out
+of MAX_SAR, or a transform that changes mid-stream is a MediaError: never a sideways or squashed
+row marked ok. The timeline facts record what was applied (`rotation`, `hflip`,
+`sample_aspect_ratio`) and the size as displayed (`width`, `height`; `stored_*` as coded).
+
 Audio time zero is the first video frame's presentation time; the audio is read from the same
-file or from a separate one (whose own start is taken as time zero), downmixed, resampled to
-16 kHz and trimmed or zero-padded to exactly 640 * n_frames samples.
+file or from a separate one (whose own start is taken as time zero), converted from whatever sample format
+the decoder gives (`samples_as_float`: u8, s16, s32, s64, flt, dbl, packed or planar), downmixed,
+resampled to 16 kHz and trimmed or zero-padded to exactly 640 * n_frames samples.
 
 Memory: `VideoStream` yields the grid frames one at a time while it decodes (`GridMapper`
 decides each grid slot as soon as the next source frame is known), holding only the decoded
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
@@ -45,6 +56,8 @@ MAX_LOST_FRAMES = 1
 SEEK_FROM_FRAMES = 250  # a segment starting this far in seeks to it instead of decoding the way
 SEEK_MARGIN_S = 1.0  # seek this long before the segment (the decoder starts at the keyframe before)
 AUDIO_GAP_S = 0.01  # a jump in audio timestamps longer than this is filled with silence and recorded
+MAX_SAR = 4  # a sample aspect ratio beyond 1:4..4:1 is not a real camera's: refused, not applied
+MAX_DISPLAY_SIDE = 8192  # widest frame the SAR stretch may make (memory stays bounded)
 
 
 def _large_arrays_from_mmap(threshold: int = 1 << 20) -> None:
@@ -175,6 +188,189 @@ class GridMapper:
         return out
 
 
+def _quarter_turn_matrix(turns: int, hflip: bool) -> np.ndarray:
+    """The 2x2 map of pixel coordinates (x right, y down) that `turns` counter-clockwise quarter
+    turns followed by a left-right mirror make; in FFmpeg's display-matrix layout [[a, c], [b, d]]."""
+    quarter = np.array([[0, 1], [-1, 0]])  # x' = y, y' = -x: a counter-clockwise turn on screen
+    m = np.linalg.matrix_power(quarter, turns % 4)
+    return np.diag([-1, 1]) @ m if hflip else m
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How a stored frame becomes the frame a player shows: stretched to square pixels by the
+    sample aspect ratio, then turned `turns` quarter turns counter-clockwise and, if `hflip`,
+    mirrored left-right (FFmpeg's order: the display matrix acts on square pixels)."""
+
+    turns: int = 0  # counter-clockwise quarter turns (PyAV's frame.rotation / 90)
+    hflip: bool = False
+    sar: Fraction = Fraction(1)  # sample aspect ratio: width of a stored pixel over its height
+    source: str = "none"  # where the turn came from: "display_matrix", "rotate_tag" or "none"
+
+    @property
+    def rotation(self) -> int:
+        """The turn in degrees counter-clockwise in -90..180, as PyAV's frame.rotation and ffprobe
+        print it (an iPhone portrait clip: -90, i.e. a clockwise quarter turn)."""
+        return {0: 0, 1: 90, 2: 180, 3: -90}[self.turns % 4]
+
+    def stretched_width(self, width: int) -> int:
+        """The stored width in square pixels (the height is kept)."""
+        return max(1, int(round(width * self.sar)))
+
+    def display_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) as displayed, for a frame stored `width` x `height`."""
+        w = self.stretched_width(width)
+        return (height, w) if self.turns % 2 else (w, height)
+
+    def turn(self, rgb: np.ndarray) -> np.ndarray:
+        """Turn and mirror a square-pixel (H, W, 3) frame (OpenCV: a few ms for a 1080p turn)."""
+        import cv2
+
+        code = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
+        if self.turns % 4:
+            rgb = cv2.rotate(rgb, code[self.turns % 4])
+        return cv2.flip(rgb, 1) if self.hflip else rgb
+
+    def facts(self, width: int, height: int) -> dict:
+        display_w, display_h = self.display_size(width, height)
+        out = {"width": display_w, "height": display_h, "stored_width": width, "stored_height": height,
+               "rotation": self.rotation,
+               "sample_aspect_ratio": f"{self.sar.numerator}:{self.sar.denominator}"}
+        if self.hflip:
+            out["hflip"] = True
+        if self.source != "none":
+            out["rotation_source"] = self.source
+        return out
+
+
+def display_matrix(frame) -> bytes | None:
+    """The raw DISPLAYMATRIX side data of a decoded frame (FFmpeg copies the container's matrix,
+    e.g. an mp4 tkhd matrix, onto every frame), or None."""
+    for data in frame.side_data:
+        if data.type.name == "DISPLAYMATRIX":
+            return bytes(data)
+    return None
+
+
+def matrix_turns(raw: bytes, path: Path | str) -> tuple[int, bool]:
+    """(counter-clockwise quarter turns, hflip) of an FFmpeg display matrix (9 int32: a b u c d v
+    x y w, 16.16 fixed point except u v w at 2.30). Translation and a uniform scale are ignored, as
+    players do; anything other than a right-angle turn or mirror cannot be shown on a pixel grid."""
+    m = np.frombuffer(raw, dtype=np.int32, count=9).astype(np.float64)
+    a, b, u, c, d, v = m[0] / 65536, m[1] / 65536, m[2] / 2 ** 30, m[3] / 65536, m[4] / 65536, m[5] / 2 ** 30
+    linear = np.array([[a, c], [b, d]])
+    scale = float(np.sqrt(abs(np.linalg.det(linear))))
+    if u or v or scale == 0:
+        raise MediaError(path, f"display matrix {m.astype(int).tolist()} is singular or has perspective: "
+                               "cannot show the frames as a player does")
+    unit = linear / scale
+    for turns in range(4):
+        for hflip in (False, True):
+            if np.allclose(unit, _quarter_turn_matrix(turns, hflip), atol=1e-3):
+                return turns, hflip
+    angle = float(np.degrees(np.arctan2(-b, a)))
+    raise MediaError(path, f"display matrix turns the frames by {angle:.1f} degrees (or shears them), "
+                           "not a multiple of 90: cannot show them on a pixel grid as a player does")
+
+
+def rotate_tag_turns(metadata: dict, path: Path | str) -> int | None:
+    """Counter-clockwise quarter turns of a legacy `rotate` stream tag (clockwise degrees, as
+    FFmpeg wrote it before display matrices: 90 = a clockwise quarter turn), or None without one."""
+    tag = next((v for k, v in metadata.items() if k.lower() == "rotate"), None)
+    if tag is None:
+        return None
+    try:
+        degrees = float(tag)
+    except ValueError:
+        raise MediaError(path, f"rotate tag {tag!r} is not a number of degrees") from None
+    if degrees % 90:
+        raise MediaError(path, f"rotate tag {tag!r} is not a multiple of 90 degrees: "
+                               "cannot show the frames on a pixel grid as a player does")
+    return int(-degrees // 90) % 4
+
+
+def stream_sar(stream, path: Path | str) -> Fraction:
+    """The stream's sample aspect ratio (container or codec, as FFmpeg guesses it; 1 when unset)."""
+    sar = stream.sample_aspect_ratio
+    if not sar or sar <= 0:
+        return Fraction(1)
+    sar = Fraction(sar)
+    if not Fraction(1, MAX_SAR) <= sar <= MAX_SAR:
+        raise MediaError(path, f"sample aspect ratio {sar.numerator}:{sar.denominator} is outside "
+                               f"1:{MAX_SAR}..{MAX_SAR}:1: cannot show the frames as a player does")
+    return sar
+
+
+def orientation_of(frame, stream, path: Path | str) -> Orientation:
+    """How frames like `frame` (the stream's first) are shown: its display matrix, else the
+    stream's legacy rotate tag, and the stream's sample aspect ratio."""
+    sar = stream_sar(stream, path)
+    raw = display_matrix(frame)
+    if raw is not None:
+        turns, hflip = matrix_turns(raw, path)
+        source = "display_matrix"
+    else:
+        turns, hflip = rotate_tag_turns(dict(stream.metadata), path) or 0, False
+        source = "rotate_tag" if turns else "none"
+    orientation = Orientation(turns=turns, hflip=hflip, sar=sar,
+                              source=source if turns or hflip else "none")
+    if orientation.stretched_width(frame.width) > MAX_DISPLAY_SIDE:
+        raise MediaError(path, f"sample aspect ratio {sar} makes the frames "
+                               f"{orientation.stretched_width(frame.width)} px wide "
+                               f"(over {MAX_DISPLAY_SIDE}): cannot show them within the memory bound")
+    return orientation
+
+
+class DisplayConverter:
+    """Decoded frames to (H, W, 3) uint8 RGB as displayed: one scaler (kept: building one per frame
+    halves the speed) makes RGB and square pixels in one step, then the turn. The orientation is
+    fixed by the first frame; a later frame whose display matrix differs is a MediaError."""
+
+    def __init__(self, stream, path: Path | str):
+        from av.video.reformatter import VideoReformatter
+
+        self.stream, self.path = stream, path
+        self.orientation: Orientation | None = None
+        self._matrix: bytes | None = None
+        self._scaler = VideoReformatter()
+        self._small_scalers: dict[tuple[int, int, str], VideoReformatter] = {}
+
+    def check(self, frame) -> Orientation:
+        """Fix the orientation from the first frame; refuse a change on a later one."""
+        raw = display_matrix(frame)
+        if self.orientation is None:
+            self.orientation, self._matrix = orientation_of(frame, self.stream, self.path), raw
+        elif raw is not None and raw != self._matrix:
+            raise MediaError(self.path, "the display matrix changes mid-stream (at "
+                                        f"{float(frame.pts * frame.time_base):.3f} s): frames of one "
+                                        "utterance cannot be shown at one size")
+        return self.orientation
+
+    def rgb(self, frame) -> np.ndarray:
+        o = self.check(frame)
+        width = o.stretched_width(frame.width)
+        if width == frame.width:
+            rgb = self._scaler.reformat(frame, format="rgb24").to_ndarray()
+        else:
+            rgb = self._scaler.reformat(frame, width=width, height=frame.height, format="rgb24",
+                                        interpolation="BICUBIC").to_ndarray()
+        return o.turn(rgb) if o.turns or o.hflip else rgb
+
+    def small(self, frame, width: int, fmt: str = "rgb24") -> np.ndarray:
+        """The frame as displayed, scaled (area filter) to `width` pixels wide with the height in
+        proportion and even, for low-resolution passes (shot and face probes) that must see what a
+        player shows too. Scaled before the turn, so the turn moves only the small frame."""
+        from av.video.reformatter import VideoReformatter
+
+        o = self.check(frame)
+        display_w, display_h = o.display_size(frame.width, frame.height)
+        height = max(2, int(round(display_h * width / display_w / 2)) * 2)
+        w, h = (height, width) if o.turns % 2 else (width, height)
+        scaler = self._small_scalers.setdefault((w, h, fmt), VideoReformatter())
+        small = scaler.reformat(frame, width=w, height=h, format=fmt, interpolation="AREA").to_ndarray()
+        return o.turn(small) if o.turns or o.hflip else small
+
+
 def _open(path: Path):
     import av
 
@@ -259,6 +455,7 @@ class VideoStream:
                 raise MediaError(path, "no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            display = DisplayConverter(stream, path)
             announced = _announced_seconds(container, stream)
             source_frames = 0
             if seek:
@@ -274,7 +471,7 @@ class VideoStream:
                     distances.append(abs(mapper.times[src] - slot / FPS))
                     image = held[src]
                     if self.pixels and not isinstance(image, np.ndarray):  # skipped at decode time
-                        image = held[src] = image.to_ndarray(format="rgb24")
+                        image = held[src] = display.rgb(image)
                     yield image
 
             try:
@@ -290,11 +487,12 @@ class VideoStream:
                     if mapper.times and rel < mapper.times[-1]:
                         out_of_order += 1  # the decoder handed a frame back in time: dropped
                         continue
+                    display.check(frame)
                     source_frames += 1
                     # Converted at once (holding decoded frames stalls the decoder's buffer pool),
                     # unless the frame lies before a segment's first slot.
                     wanted = self.pixels and rel >= (first - 1) / FPS
-                    held[len(mapper.times)] = frame.to_ndarray(format="rgb24") if wanted else frame
+                    held[len(mapper.times)] = display.rgb(frame) if wanted else frame
                     yield from emit(mapper.push(rel))
                     for old in [i for i in held if i < mapper.oldest_needed()]:
                         del held[old]
@@ -313,8 +511,7 @@ class VideoStream:
                 yield from emit(mapper.finish())
             facts = {
                 "video_codec": stream.codec_context.name,
-                "width": stream.codec_context.width,
-                "height": stream.codec_context.height,
+                **display.orientation.facts(stream.codec_context.width, stream.codec_context.height),
                 "source_fps": float(stream.average_rate) if stream.average_rate else None,
                 "source_frames": source_frames,
             }
@@ -376,6 +573,38 @@ def read_timeline(path: Path | str, start_s: float | None = None, end_s: float |
     return stream.timeline
 
 
+# Sample format (packed name) -> (stored dtype, the value of silence, full scale): x -> (x - zero) / scale.
+SAMPLE_FORMATS = {
+    "u8": (np.uint8, 128.0, 128.0),  # 8-bit PCM is unsigned, silence at 128
+    "s16": (np.int16, 0.0, 2.0 ** 15),
+    "s32": (np.int32, 0.0, 2.0 ** 31),
+    "s64": (np.int64, 0.0, 2.0 ** 63),
+    "flt": (np.float32, 0.0, 1.0),
+    "dbl": (np.float64, 0.0, 1.0),
+}
+
+
+def samples_as_float(frame, path: Path | str = "") -> np.ndarray:
+    """An audio frame as (channels, samples) float32 with full scale at 1, from any PCM sample
+    format FFmpeg decodes to, packed (interleaved, one plane) or planar (a plane per channel).
+    Read from the planes directly: PyAV's to_ndarray has no s64, and its dtype alone says nothing
+    of u8's offset."""
+    name = frame.format.packed.name
+    if name not in SAMPLE_FORMATS:
+        raise MediaError(path, f"audio sample format {frame.format.name!r} is not one this decoder "
+                               f"converts ({', '.join(SAMPLE_FORMATS)})")
+    dtype, zero, scale = SAMPLE_FORMATS[name]
+    channels = frame.layout.nb_channels
+    if frame.format.is_planar:
+        data = np.stack([np.frombuffer(plane, dtype=dtype, count=frame.samples) for plane in frame.planes])
+    else:
+        data = np.frombuffer(frame.planes[0], dtype=dtype, count=frame.samples * channels)
+        data = data.reshape(frame.samples, channels).T
+    if zero == 0.0 and scale == 1.0:
+        return data.astype(np.float32)
+    return ((data.astype(np.float64) - zero) / scale).astype(np.float32)
+
+
 def decode_audio(path: Path, start_s: float = 0.0) -> tuple[np.ndarray, dict]:
     """The first audio stream as 16 kHz mono float32, starting at `start_s` seconds of stream time.
 
@@ -394,6 +623,7 @@ def decode_audio(path: Path, start_s: float = 0.0) -> tuple[np.ndarray, dict]:
         stream = container.streams.audio[0]
         rate = stream.codec_context.sample_rate
         chunks, first_pts, expected_next, gaps, real = [], None, None, [], 0
+        sample_format = None
         try:
             for frame in _decoded(container, stream, counters):
                 if frame.pts is not None:
@@ -407,22 +637,17 @@ def decode_audio(path: Path, start_s: float = 0.0) -> tuple[np.ndarray, dict]:
                     expected_next = at + frame.samples / rate
                 elif expected_next is not None:
                     expected_next += frame.samples / rate
-                data = frame.to_ndarray().astype(np.float32)
-                if frame.format.is_planar:
-                    data = data.mean(axis=0)
-                else:  # interleaved: (1, samples * channels)
-                    data = data.reshape(-1, len(frame.layout.channels)).mean(axis=1)
-                if frame.format.name.startswith("s16"):
-                    data /= 32768.0
-                elif frame.format.name.startswith("s32"):
-                    data /= 2147483648.0
+                sample_format = frame.format.name
+                data = samples_as_float(frame, path).mean(axis=0)
                 chunks.append(data)
                 real += len(data)
+        except MediaError:
+            raise
         except Exception as exc:
             if not chunks:
                 raise MediaError(path, f"audio stream is truncated or corrupt ({exc})") from exc
         facts = {"audio_codec": stream.codec_context.name, "audio_rate": rate,
-                 "audio_channels": stream.codec_context.channels}
+                 "audio_channels": stream.codec_context.channels, "audio_sample_format": sample_format}
     if not chunks:
         raise MediaError(path, "audio stream has no decodable samples")
     audio = np.concatenate(chunks)

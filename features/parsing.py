@@ -10,10 +10,11 @@ the same `parse(landmarks) -> labels` interface).
 from __future__ import annotations
 
 import gzip
+import zlib
 
 import numpy as np
 
-from features.codecs import decode_npy, encode_npy
+from features.codecs import decode_npy, npy_header
 
 VERSION = "mesh-geometry-1"
 SIZE = 96
@@ -58,12 +59,28 @@ def parse_frame(landmarks: np.ndarray, size: int = SIZE) -> np.ndarray:
 
 def parse(landmarks: np.ndarray) -> np.ndarray:
     """(n, 96, 96) uint8 label maps for (n, 478, 3) landmarks."""
-    return np.stack([parse_frame(frame) for frame in landmarks])
+    out = np.zeros((len(landmarks), SIZE, SIZE), np.uint8)
+    for labels, frame in zip(out, landmarks):
+        labels[:] = parse_frame(frame)
+    return out
+
+
+BLOCK = 1024  # frames parsed and compressed at a time (9 MB of label maps)
 
 
 def encode(landmarks: np.ndarray) -> bytes:
-    """Label maps compress ~20x; gzip with mtime 0 keeps the bytes reproducible."""
-    return gzip.compress(encode_npy(parse(landmarks)), compresslevel=6, mtime=0)
+    """Label maps compress ~20x; gzip with mtime 0 keeps the bytes reproducible.
+
+    The .npy is parsed and compressed BLOCK frames at a time, never whole (30 minutes of maps
+    are 415 MB): deflate's output does not depend on how its input is split, so the bytes equal
+    `gzip.compress(encode_npy(parse(landmarks)), 6, mtime=0)`."""
+    n = len(landmarks)
+    gz = zlib.compressobj(6, zlib.DEFLATED, 31)  # what gzip.compress(mtime=0) runs: a gzip stream
+    out = [gz.compress(npy_header((n, SIZE, SIZE), np.uint8))]
+    for a in range(0, n, BLOCK):
+        out.append(gz.compress(parse(landmarks[a:a + BLOCK]).tobytes()))
+    out.append(gz.flush())
+    return b"".join(out)
 
 
 def decode(data: bytes) -> np.ndarray:

@@ -11,10 +11,12 @@ kB per frame) are kept.
 from __future__ import annotations
 
 import struct
+from array import array
 
 import numpy as np
 
-from features.codecs import decode_jpeg_sequence, encode_jpeg, encode_jpeg_sequence
+from features.codecs import (SpilledMember, SpillFile, decode_jpeg_sequence, encode_jpeg, encode_jpeg_sequence,
+                             spill_wanted)
 from features.face import CROP_SIZE, Geometry, square_warp
 
 VERSION = "jpeg95-rst-2"
@@ -34,20 +36,58 @@ def decode(data: bytes, start: int = 0, stop: int | None = None) -> np.ndarray:
 class JpegSequence:
     """A JPEG sequence built one frame at a time, in any order: the same bytes as
     `codecs.encode_jpeg_sequence` on the frames in index order (a uint32 count, the uint32
-    lengths, then the JPEGs)."""
+    lengths, then the JPEGs).
+
+    The JPEGs are held in memory until they pass `codecs.SPILL_OVER` bytes (when spilling is on);
+    from then on they go to a spill file as they are made, and `getvalue` gives a SpilledMember
+    (the member's bytes stay on disk until the tar writer copies them)."""
 
     def __init__(self, quality: int = QUALITY, half_restart: bool = False):
         self.quality, self.half_restart, self.parts = quality, half_restart, {}
+        self.held = 0  # bytes in `parts`
+        self.spill: SpillFile | None = None
+        self.offsets, self.lengths = array("q"), array("q")  # per frame once spilled (-1: not yet)
 
     def add(self, t: int, image: np.ndarray) -> None:
-        self.parts[t] = encode_jpeg(image, self.quality, self.half_restart)
+        jpeg = encode_jpeg(image, self.quality, self.half_restart)
+        if self.spill is None:
+            self.parts[t] = jpeg
+            self.held += len(jpeg)
+            if spill_wanted(self.held):
+                self._start_spilling()
+        else:
+            self._put(t, jpeg)
 
-    def getvalue(self) -> bytes:
-        if sorted(self.parts) != list(range(len(self.parts))):
-            raise ValueError(f"JPEG sequence is missing frames: has {len(self.parts)} of "
-                             f"{max(self.parts, default=-1) + 1}")
-        jpegs = [self.parts[t] for t in range(len(self.parts))]
-        return _U32.pack(len(jpegs)) + b"".join(_U32.pack(len(j)) for j in jpegs) + b"".join(jpegs)
+    def _start_spilling(self) -> None:
+        self.spill = SpillFile()
+        for t in sorted(self.parts):
+            self._put(t, self.parts[t])
+        self.parts, self.held = {}, 0
+
+    def _put(self, t: int, jpeg: bytes) -> None:
+        if t >= len(self.offsets):
+            grow = max(t + 1 - len(self.offsets), len(self.offsets))
+            self.offsets.extend([-1] * grow)
+            self.lengths.extend([-1] * grow)
+        self.offsets[t], self.lengths[t] = self.spill.append(jpeg), len(jpeg)
+
+    def __len__(self) -> int:
+        """Frames added so far."""
+        if self.spill is None:
+            return len(self.parts)
+        return len(self.lengths) - self.lengths.count(-1)
+
+    def getvalue(self) -> bytes | SpilledMember:
+        n = len(self)
+        held = sorted(self.parts) if self.spill is None else [t for t, k in enumerate(self.lengths) if k >= 0]
+        if held != list(range(n)):
+            raise ValueError(f"JPEG sequence is missing frames: has {n} of {max(held, default=-1) + 1}")
+        if self.spill is None:
+            jpegs = [self.parts[t] for t in range(n)]
+            return _U32.pack(len(jpegs)) + b"".join(_U32.pack(len(j)) for j in jpegs) + b"".join(jpegs)
+        offsets, lengths = self.offsets[:n], self.lengths[:n]
+        head = _U32.pack(n) + np.frombuffer(lengths, np.int64).astype("<u4").tobytes()
+        return SpilledMember(self.spill, head, offsets, lengths)
 
 
 class FaceCrops:
@@ -62,5 +102,5 @@ class FaceCrops:
     def add(self, t: int, frame: np.ndarray, params: np.ndarray) -> None:
         self.sequence.add(t, square_warp(frame, *params, CROP_SIZE))
 
-    def result(self) -> bytes:
+    def result(self) -> bytes | SpilledMember:
         return self.sequence.getvalue()

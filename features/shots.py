@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from features.media import DisplayConverter
+
 FPS = 25
 SHOT_WIDTH = 256
 FACE_WIDTH = 320
@@ -66,14 +68,6 @@ def header_duration(path: Path | str) -> float | None:
         return container.duration / 1e6 if container.duration else None
 
 
-def _small(frame, width: int, fmt: str, reformatter=None) -> np.ndarray:
-    """The frame scaled to `width` (area filter). Pass one VideoReformatter per size and keep it:
-    it reuses its scaler, where `frame.reformat` builds a new one per frame (half the speed)."""
-    height = max(2, int(round(frame.height * width / frame.width / 2)) * 2)
-    scale = reformatter.reformat if reformatter is not None else lambda f, **kw: f.reformat(**kw)
-    return scale(frame, width=width, height=height, format=fmt, interpolation="AREA").to_ndarray()
-
-
 class FaceSampler:
     """The most prominent face (area x score x centrality) per sampled frame, as (cx, cy, side).
 
@@ -114,7 +108,6 @@ def probe_video(path: Path | str, faces: bool = True, sampler: "FaceSampler | No
 
     Pass a FaceSampler to reuse its MediaPipe graphs across videos (loading them takes seconds)."""
     import av
-    from av.video.reformatter import VideoReformatter
     from scenedetect import ContentDetector
     from scenedetect.common import FrameTimecode
 
@@ -126,11 +119,11 @@ def probe_video(path: Path | str, faces: bool = True, sampler: "FaceSampler | No
     cut_indices: list[int] = []
     samples: list[tuple[float, list[float] | None]] = []
     next_sample = 0.0
-    to_shots, to_faces = VideoReformatter(), VideoReformatter()
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            display = DisplayConverter(stream, path)  # frames as a player shows them (rotation, SAR)
             rate = float(stream.average_rate or FPS)
             for frame in container.decode(stream):
                 if frame.pts is None:
@@ -138,10 +131,10 @@ def probe_video(path: Path | str, faces: bool = True, sampler: "FaceSampler | No
                 t = float(frame.pts * frame.time_base)
                 pts.append(t)
                 i = len(pts) - 1
-                cuts = detector.process_frame(FrameTimecode(i, fps=rate), _small(frame, SHOT_WIDTH, "bgr24", to_shots))
+                cuts = detector.process_frame(FrameTimecode(i, fps=rate), display.small(frame, SHOT_WIDTH, "bgr24"))
                 cut_indices += [int(c.frame_num) for c in cuts]
                 if sampler is not None and t - pts[0] >= next_sample:
-                    samples.append((round(t - pts[0], 4), sampler(_small(frame, FACE_WIDTH, "rgb24", to_faces))))
+                    samples.append((round(t - pts[0], 4), sampler(display.small(frame, FACE_WIDTH, "rgb24"))))
                     next_sample += 1.0 / FACE_RATE
     finally:
         if own:
@@ -203,9 +196,11 @@ def main(argv=None) -> int:
     import argparse
     import json
 
+    from features.cli import HelpFormatter
+
     p = argparse.ArgumentParser(description="Probe one video and print its shot cuts and the "
                                             "segments --max-seconds would plan (pipelines/probe.py).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("video", type=Path)
     p.add_argument("--max-seconds", type=float, default=10.0, help="longest segment")
     args = p.parse_args(argv)

@@ -60,6 +60,17 @@ def apply_pose(mesh: np.ndarray, pose: np.ndarray) -> np.ndarray:
     return pose[6] * mesh @ Rotation.from_rotvec(pose[:3]).as_matrix().T + pose[3:6]
 
 
+CHUNK_FRAMES = 4096  # frames aligned at a time beyond this many (bounded memory on long utterances)
+
+
+def _balanced_spans(n: int, most: int) -> list[tuple[int, int]]:
+    """[a, b) spans of near-equal size, at most `most` frames each (none is a sliver: a product
+    of one row takes BLAS's matrix-vector path, whose rounding differs from the matrix one)."""
+    k = -(-n // most)
+    edges = [n * i // k for i in range(k + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
 @dataclass
 class MorphableModel:
     mean: np.ndarray  # (478, 3)
@@ -68,12 +79,27 @@ class MorphableModel:
     version: str = VERSION
 
     def coefficients(self, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-frame (n, 7 + k_expr) pose + expression, and the utterance's identity (k_id,)."""
-        aligned, poses = align(landmarks, self.mean)
-        flat = aligned.reshape(len(aligned), -1)
-        own_mean = flat.mean(0)
+        """Per-frame (n, 7 + k_expr) pose + expression, and the utterance's identity (k_id,).
+
+        Over CHUNK_FRAMES frames, in two passes over chunks (the aligned float64 meshes of 30
+        minutes are 0.5 GB): the first sums the aligned meshes in frame order, as the whole-array
+        mean does, the second aligns each chunk again and projects it. Same values."""
+        if len(landmarks) <= CHUNK_FRAMES:
+            aligned, poses = align(landmarks, self.mean)
+            flat = aligned.reshape(len(aligned), -1)
+            own_mean = flat.mean(0)
+            expr = (flat - own_mean) @ self.expression.T
+        else:
+            spans = _balanced_spans(len(landmarks), CHUNK_FRAMES)
+            poses, total = np.empty((len(landmarks), 7)), None
+            for a, b in spans:
+                aligned, poses[a:b] = align(landmarks[a:b], self.mean)
+                rows = aligned.reshape(b - a, -1)
+                total = np.add.reduce(rows if total is None else np.concatenate([total[None], rows]), axis=0)
+            own_mean = total / len(landmarks)
+            expr = np.concatenate([(align(landmarks[a:b], self.mean)[0].reshape(b - a, -1) - own_mean)
+                                   @ self.expression.T for a, b in spans])
         ident = self.identity @ (own_mean - self.mean.reshape(-1))
-        expr = (flat - own_mean) @ self.expression.T
         return np.hstack([poses, expr]).astype(np.float32), ident.astype(np.float32)
 
     def reconstruct(self, frame_coeffs: np.ndarray, identity: np.ndarray) -> np.ndarray:
@@ -144,7 +170,7 @@ def fit(utterances: list[np.ndarray], n_expression: int = 64, n_identity: int = 
 
 
 def encode(landmarks: np.ndarray, model: MorphableModel) -> dict[str, bytes]:
-    frames, identity = model.coefficients(landmarks.astype(np.float32))
+    frames, identity = model.coefficients(np.asarray(landmarks, np.float32))  # no copy of float32
     return {"tdmm.npy": encode_npy(frames), "tdmm_id.npy": encode_npy(identity)}
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 FPS = 25
+SAMPLE_RATE = 16000  # Hz, every stored and decoded audio signal
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 audio samples per video frame
 WINDOW = 5  # video frames per sync window (0.2 s)
 
 

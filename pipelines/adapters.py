@@ -3,6 +3,11 @@
 An adapter is a function `root -> list[Utterance]` (optionally taking keyword options such as
 `max_seconds`); register it in ADAPTERS under the dataset name. The published layouts of LRS2,
 LRS3, VoxCeleb2 and CN-CVS live in `pipelines/corpora/`.
+
+An adapter may return a `Listing` (a list with `.skipped`: the files it passed over and why);
+the extraction job lists them in its report. A folder corpus (`folder`, `synthetic`) skips a
+second file with the same utterance id (`a.mp4` beside `a.avi`), and the job skips files that
+open but hold no video stream (`skip_without_video`, for utterances not planned yet).
 """
 from __future__ import annotations
 
@@ -32,6 +37,18 @@ class Utterance:
 
     def as_row(self) -> dict:
         return asdict(self)
+
+
+class Listing(list):
+    """An adapter's utterances, plus `skipped`: [{"path", "reason"}] for files it passed over."""
+
+    def __init__(self, utterances=(), skipped: list[dict] | None = None):
+        super().__init__(utterances)
+        self.skipped = list(skipped or [])
+
+
+def skipped_of(utterances) -> list[dict]:
+    return list(getattr(utterances, "skipped", []))
 
 
 def video_files(root: Path) -> list[Path]:
@@ -67,15 +84,54 @@ def folder_utterances(root: Path) -> list[Utterance]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"corpus root {root} is not a directory")
-    utts = []
+    utts, first = Listing(), {}
     for path in video_files(root):
         rel = path.relative_to(root).with_suffix("")
+        if rel.as_posix() in first:  # a.mp4 and a.avi: one utterance id; the first one is kept
+            utts.skipped.append({"path": str(path), "reason": f"same utterance id {rel.as_posix()!r} as "
+                                                              f"{first[rel.as_posix()]}"})
+            continue
+        first[rel.as_posix()] = str(path)
         text = path.with_suffix(".txt")
         utts.append(Utterance(
             utt_id=rel.as_posix(), speaker_id=path.parent.name if path.parent != root else "unknown",
             video_path=str(path.resolve()),
             transcript=text.read_text(errors="replace").strip() if text.exists() else ""))
     return utts
+
+
+folder_utterances.probes_streams = True  # the job checks new files for a video stream
+
+
+def video_stream_problem(path: str) -> str | None:
+    """Why a file that opens is not a video (no video stream), else None. A file that does not
+    open is left to the extraction, whose error row says why."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if container.streams.video:
+                return None
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+    except Exception:  # unreadable, empty, truncated: an error row with the decoder's reason
+        return None
+    return f"no video stream (streams: {', '.join(kinds)})"
+
+
+def skip_without_video(dataset: str, utterances: list, planned: set[str], threads: int = 8
+                       ) -> tuple[list, list[dict]]:
+    """(utterances to plan, skipped files) for a folder corpus: new files that hold no video
+    stream are skipped; planned ones are not opened again (a re-run opens only new files)."""
+    if not getattr(ADAPTERS.get(dataset), "probes_streams", False):
+        return utterances, []
+    from concurrent.futures import ThreadPoolExecutor
+
+    fresh = sorted({u.video_path for u in utterances if u.utt_id not in planned})
+    with ThreadPoolExecutor(max(1, threads)) as pool:  # header reads: I/O bound, a network mount too
+        problems = dict(zip(fresh, pool.map(video_stream_problem, fresh)))
+    kept = [u for u in utterances if not problems.get(u.video_path) or u.utt_id in planned]
+    skipped = [{"path": v, "reason": r} for v, r in sorted(problems.items()) if r]
+    return kept, skipped
 
 
 def synthetic_utterances(root: Path) -> list[Utterance]:
@@ -86,6 +142,9 @@ def synthetic_utterances(root: Path) -> list[Utterance]:
 
         generate_corpus(root)
     return folder_utterances(root)
+
+
+synthetic_utterances.probes_streams = True
 
 
 def _corpus(module: str, function: str) -> Callable[..., list[Utterance]]:
@@ -140,4 +199,4 @@ def list_utterances(dataset: str, root: Path, **options) -> list[Utterance]:
     if len(set(ids)) != len(ids):
         dupes = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
         raise ValueError(f"{root}: duplicate utterance ids in dataset {dataset!r}: {dupes}")
-    return utts
+    return utts if isinstance(utts, Listing) else Listing(utts)

@@ -4,11 +4,28 @@
     ray job submit --working-dir . -- python pipelines/extract.py --dataset lrs2 --root ... --store ...
 
 Without a cluster address (and no RAY_ADDRESS, which `ray job submit` sets) it starts a local Ray.
-Re-running skips complete (shard, field) pairs; --overwrite redoes them.
+Re-running skips intact (shard, field) pairs (catalog/sidecar.py: a tar whose SHA-256 no longer
+matches its sidecar, a broken sidecar, or a pair that failed at job level is redone); --overwrite
+redoes them (`--overwrite --fields X` rewrites X's tars and merges X's facts into meta).
 
 Exit codes: 0 every shard ran (utterances that failed are error rows); 1 some shard failed after
---max-retries attempts (its utterances are error rows naming the cause; re-run to retry it);
-2 bad arguments or no videos.
+--max-retries attempts (its utterances are error rows naming the cause; re-run to retry it), or a
+field could not run at all (its model cannot load: said once, the field's rows are
+`field_<name>` = error with stage `model`, their status unchanged; re-run once it is fixed);
+2 bad arguments, no videos, an unusable --store (a file; not writable: read-only, no permission),
+or the store is locked by another live job (the message names it: host, pid, since, command);
+3 writing the store failed mid-run (e.g. the disk is full): one line names the path and the
+reason, complete shards are kept, re-run once fixed; 4 Ray did not start or connect within
+--ray-timeout; 130 interrupted (SIGINT, Ctrl-C), 143 stopped (SIGTERM): Ray's workers are
+stopped, no temporary file is left, the lock is released, the same command resumes.
+
+One job writes a store at a time: `<store>/store.lock` (catalog/lock.py) names the holder; a
+lock whose holder is gone is taken over with a warning. The plan is `<store>/plan.parquet`; the
+catalog tables are swapped in together when the run ends, so readers keep the previous catalog
+for the whole run. New files of a folder corpus that hold no video stream, and a second file
+with the same utterance id, are skipped and listed (`skipped` in extract_report.json, and on
+stderr); two ids that map to one tar key (`x y` and `x_y`) make the later one an error row
+(stage `plan`) naming the other.
 """
 from __future__ import annotations
 
@@ -19,30 +36,31 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):
-    sys.path.insert(0, str(REPO))
-
-from catalog.build import build_catalog  # noqa: E402
-from catalog.layout import STORE_VERSION, read_store_json, write_store_json  # noqa: E402
-from catalog.plan import DEFAULT_SHARD_MINUTES, extend_plan, read_plan, shards_of, write_plan  # noqa: E402
-from features.fields import DEFAULT_FIELDS, FIELDS, Options, resolve  # noqa: E402
-from features.hubert import DEFAULT_MODEL, MANDARIN_MODEL  # noqa: E402
-from features.timebase import FPS, WINDOW  # noqa: E402
-from pipelines.adapters import ADAPTERS, LANGUAGES, adapter_options, list_utterances  # noqa: E402
-from pipelines.sync_pass import sync_after_extract, sync_request  # noqa: E402
-from pipelines.probe import cut_long_videos  # noqa: E402
-from pipelines.shard_failures import FAULT_ENV  # noqa: E402
+from catalog.build import build_catalog
+from catalog.layout import STORE_VERSION, read_store_json, write_store_json
+from catalog.lock import StoreLocked, store_lock
+from catalog.plan import DEFAULT_SHARD_MINUTES, extend_plan, read_plan, shards_of, write_plan
+from catalog.sidecar import parse_sidecar
+from features.cli import HelpFormatter
+from features.fields import DEFAULT_FIELDS, FIELDS, Options, resolve
+from features.hubert import DEFAULT_MODEL, MANDARIN_MODEL
+from features.timebase import FPS, WINDOW
+from pipelines import job
+from pipelines.adapters import (ADAPTERS, LANGUAGES, adapter_options, list_utterances, skip_without_video,
+                                skipped_of)
+from pipelines.plan_errors import without_plan_errors, write_plan_errors
+from pipelines.probe import cut_long_videos
+from pipelines.shard_failures import FAULT_ENV
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dataset", required=True, choices=sorted(ADAPTERS), help="corpus adapter")
     p.add_argument("--root", required=True, type=Path, help="corpus root folder")
     p.add_argument("--store", required=True, type=Path, help="feature store folder (shared by all nodes)")
     p.add_argument("--fields", nargs="+", default=DEFAULT_FIELDS,
-                   help=f"fields to extract, or 'all'; known: {list(FIELDS) + ['meta']}; plus 'sync' "
-                        "(with --sync-scorer) for the sync pass")
+                   help=f"fields to extract, or 'all'; known: {list(FIELDS) + ['meta']} (the sync "
+                        "columns are a pass after extraction: python -m training.sync.sync_pass)")
     p.add_argument("--hubert-model", default=None,
                    help=f"HuBERT hub id or local directory (default: {DEFAULT_MODEL}; "
                         f"{MANDARIN_MODEL} for Mandarin corpora)")
@@ -55,17 +73,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shard-size", type=int, default=None,
                    help="also cap new shards at this many utterances (unset: no cap)")
     p.add_argument("--overwrite", action="store_true", help="redo complete (shard, field) pairs")
+    p.add_argument("--no-verify-hashes", dest="verify_hashes", action="store_false",
+                   help="skip the SHA-256 check of stored tars against their sidecars (one read of the "
+                        "fields' tars per run, in the shard tasks); sizes are still checked")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--ray-timeout", type=float, default=job.DEFAULT_RAY_TIMEOUT_S, metavar="S",
+                   help="seconds Ray may take to start (or to connect to --address); then exit 4")
     p.add_argument("--val", type=float, default=0.1, help="share of speakers in the val split")
     p.add_argument("--test", type=float, default=0.1, help="share of speakers in the test split")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the speaker-disjoint split")
     p.add_argument("--max-retries", type=int, default=3,
                    help="retries of a shard whose worker died, was killed for memory or lost its node "
                         "(every cause counts; then the shard's rows are errors naming the cause)")
-    p.add_argument("--sync-scorer", default=None,
-                   help="with --fields sync: 'unisync:CHECKPOINT' or 'syncnet:WEIGHTS' scores every "
-                        "utterance into catalog columns sync_offset, sync_confidence, sync_min_dist, "
-                        "sync_scorer (pipelines/sync_pass.py)")
+    p.add_argument("--sync-scorer", default=None, help=argparse.SUPPRESS)  # moved: see main()
     p.add_argument("--max-seconds", type=float, default=None,
                    help="cut videos longer than this into <utt_id>_segNN utterances of at most this "
                         "length: lrs2/lrs3 pretrain clips at word boundaries; every other dataset by a "
@@ -74,61 +94,98 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def init_ray(address: str | None, workers: int | None):
+def init_ray(address: str | None, workers: int | None, timeout_s: float = job.DEFAULT_RAY_TIMEOUT_S):
+    """Ray within `timeout_s` (job.RayStartError otherwise), with SIGINT/SIGTERM ours again after."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     if address:  # a cluster (or `ray job submit`, whose working dir carries the code)
-        ray.init(address=address, log_to_driver=True)
+        init = lambda: ray.init(address=address, log_to_driver=True)  # noqa: E731
     else:  # a private local Ray: never attach to someone else's cluster on a shared host
-        env = {"PYTHONPATH": str(REPO), **{k: v for k, v in os.environ.items() if k == FAULT_ENV}}
-        ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False,
-                 runtime_env={"env_vars": env}, log_to_driver=True)
-    return ray
+        env = {k: v for k, v in os.environ.items() if k == FAULT_ENV}  # the venv carries the code
+        init = lambda: ray.init(address="local", num_cpus=workers or os.cpu_count(),  # noqa: E731
+                                include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=True)
+    try:
+        return job.start_ray(init, timeout_s, local=not address)
+    finally:
+        job.install_handlers()  # ray.init sets its own SIGTERM handler
 
 
 def extract_shard_task(store: str, dataset: str, shard_id: int, rows: list[dict], fields: list[str],
-                       overwrite: bool, options: Options) -> dict:
+                       overwrite: bool, options: Options, verify_hashes: bool = True) -> dict:
     """The Ray task body: one shard (a test may ask it to die first, see shard_failures)."""
     from pipelines.shard_failures import inject_fault
     from pipelines.worker import extract_shard
 
     inject_fault(dataset, shard_id)
-    return extract_shard(store, dataset, shard_id, rows, fields, overwrite, options)
+    return extract_shard(store, dataset, shard_id, rows, fields, overwrite, options, verify_hashes)
+
+
+class Failures(dict):
+    """shard_id -> cause of the shards that failed for good, with `fields`: field -> reason of the
+    fields that could not run at all (a job-level failure, e.g. a model that cannot load), and
+    `repaired`: the pairs redone because they no longer matched their record (see report)."""
+
+    def __init__(self, shards: dict | None = None):
+        super().__init__(shards or {})
+        self.fields: dict[str, str] = {}
+        self.repaired: list[str] = []
+
+    def merge(self, other: "Failures") -> "Failures":
+        self.update(other)
+        for name, reason in other.fields.items():
+            self.fields.setdefault(name, reason)
+        self.repaired += other.repaired
+        return self
+
+
+def _note_result(dataset: str, result: dict, failures: Failures) -> None:
+    """Say what a shard repaired or found damaged; keep its job-level field failures (said once, later)."""
+    name = f"{dataset}-{result['shard_id']:06d}"
+    for field, problem in sorted(result.get("repaired", {}).items()):
+        failures.repaired.append(f"{name} {field}: {problem}")
+        print(f"repaired {name} {field}: {problem}", file=sys.stderr)
+    for field, problem in sorted(result.get("damaged_inputs", {}).items()):
+        print(f"warning: {name} {field}: {problem}; not used as an input (re-run with --fields {field} "
+              "to repair it)", file=sys.stderr)
+    for field, reason in result.get("unavailable", {}).items():
+        failures.fields.setdefault(field, reason)
 
 
 def run_shards(ray, store: Path, dataset: str, plan: list[dict], fields: list[str], overwrite: bool,
-               workers: int | None, max_retries: int, options: Options, gpu: bool = False
-               ) -> tuple[int, dict[int, str]]:
+               workers: int | None, max_retries: int, options: Options, gpu: bool = False,
+               verify_hashes: bool = True) -> tuple[int, Failures]:
     """Run one task per shard with at most `workers` in flight; returns frames and the causes of
-    the shards that failed for good.
+    the shards that failed for good (with the fields that could not run, see Failures).
 
     Retries are the driver's, bounded for every cause (see pipelines/shard_failures.py); a shard
-    that fails `max_retries + 1` times becomes error rows naming the cause.
+    that fails `max_retries + 1` times becomes error rows naming the cause. A pair that failed
+    last time (placeholders, a model that could not load) is not intact, so its task redoes it.
     """
     from tqdm import tqdm
 
-    from pipelines.shard_failures import classify, clear_failed_shard, write_failed_shard
+    from pipelines.shard_failures import classify, write_failed_shard
 
     task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0, retry_exceptions=False)(extract_shard_task)
     limit = workers or max(1, int(ray.available_resources().get("CPU", 1)))
     shards = shards_of(plan)
-    for shard_id in shards:
-        clear_failed_shard(store, dataset, shard_id, fields)  # failed last time: try again
     pending = [(shard_id, 0) for shard_id in shards]
-    in_flight, frames, failures = {}, 0, {}
+    in_flight, frames, failures = {}, 0, Failures()
     bar = tqdm(total=len(pending), desc=f"{dataset} {'+'.join(f for f in fields if f != 'meta')}",
                unit="shard")
     started = time.perf_counter()
     while pending or in_flight:
         while pending and len(in_flight) < limit:
             shard_id, attempt = pending.pop(0)
-            ref = task.remote(str(store), dataset, shard_id, shards[shard_id], fields, overwrite, options)
+            ref = task.remote(str(store), dataset, shard_id, shards[shard_id], fields, overwrite, options,
+                              verify_hashes)
             in_flight[ref] = (shard_id, attempt)
         done, _ = ray.wait(list(in_flight), num_returns=1)
         shard_id, attempt = in_flight.pop(done[0])
         try:
-            frames += ray.get(done[0])["frames"]
+            result = ray.get(done[0])
+            frames += result["frames"]
+            _note_result(dataset, result, failures)
         except Exception as exc:
             retry, cause = classify(exc)
             if retry and attempt < max_retries:
@@ -146,11 +203,12 @@ def run_shards(ray, store: Path, dataset: str, plan: list[dict], fields: list[st
 
 
 def extract_fields(ray, store: Path, args: argparse.Namespace, plan: list[dict], fields: list[str]
-                   ) -> tuple[int, dict[int, str]]:
+                   ) -> tuple[int, Failures]:
     """Run the fields in dependency order: the per-shard fields first; then, once the corpus's
     landmarks are stored, fit the morphable model and extract tdmm; then the GPU fields in
     GPU tasks when the cluster has GPUs (else they ran with the rest on CPUs). A shard that
-    failed for good in one phase is left out of the later ones."""
+    failed for good in one phase is left out of the later ones. Later phases merge their
+    fields' facts into meta. Ends by recording in store.json what the stored rows were made with."""
     from pipelines.models import ensure_tdmm_model
     from pipelines.shard_failures import write_failed_shard
 
@@ -158,18 +216,21 @@ def extract_fields(ray, store: Path, args: argparse.Namespace, plan: list[dict],
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     on_gpu = [f for f in fields if f in FIELDS and FIELDS[f].gpu and has_gpu]
     first = [f for f in fields if f != "tdmm" and f not in on_gpu]
-    run = dict(overwrite=args.overwrite, workers=args.workers, max_retries=args.max_retries)
+    meta = ["meta"] if "meta" in fields else []
+    run = dict(overwrite=args.overwrite, workers=args.workers, max_retries=args.max_retries,
+               verify_hashes=getattr(args, "verify_hashes", True))
     frames, failures = run_shards(ray, store, args.dataset, plan, first, options=options, **run)
     later = [(["tdmm"] if "tdmm" in fields else [], False), (on_gpu, True)]
     for phase, gpu in ((f, g) for f, g in later if f):
         rest = [r for r in plan if r["shard_id"] not in failures]
         if phase == ["tdmm"]:
             options.tdmm_model = ensure_tdmm_model(store, args.dataset, rest, refit=args.overwrite)
-        more, failed = run_shards(ray, store, args.dataset, rest, phase, options=options, gpu=gpu, **run)
-        frames, failures = frames + more, {**failures, **failed}
+        more, failed = run_shards(ray, store, args.dataset, rest, phase + meta, options=options, gpu=gpu, **run)
+        frames, failures = frames + more, failures.merge(failed)
     shards = shards_of(plan)
     for shard_id, cause in failures.items():  # the later phases' fields of a failed shard: error rows too
         write_failed_shard(store, args.dataset, shard_id, shards[shard_id], fields, cause)
+    record_provenance(store, options if "hubert" in fields else None)
     return frames, failures
 
 
@@ -179,37 +240,99 @@ def hubert_model(args: argparse.Namespace) -> str:
 
 
 def main(argv=None) -> int:
+    """Run the job; every way it can end is one exit code and, on failure, one line (module doc)."""
     args = parse_args(argv)
     store = args.store.resolve()
+    session = {"ray": None}
+    with job.handlers_installed():
+        return _main(args, store, session)
+
+
+def _main(args: argparse.Namespace, store: Path, session: dict) -> int:
     try:
-        sync_spec = sync_request(args)  # `sync` is a pass after extraction, not a field
-        fields = resolve(args.fields)
-        utterances = list_utterances(args.dataset, args.root, **adapter_kwargs(args))
-    except (ValueError, FileNotFoundError) as exc:
+        with store_lock_checked(args, store):
+            try:
+                return run(args, store, session)
+            finally:
+                with job.signals_ignored():  # clean-up runs to its end, even on a second Ctrl-C
+                    if session["ray"] is not None:
+                        job.shutdown_ray(session["ray"])  # its workers die with it
+                    job.remove_leftovers(store, local=not (args.address or os.environ.get("RAY_ADDRESS")))
+                    if session.get("rebuild"):  # ended early: the catalog catches up with what is stored
+                        job.rebuild_catalog(session["rebuild"])
+    except KeyboardInterrupt as exc:  # job.Interrupted, or Ray's bare one for our SIGINT / SIGTERM
+        signum = job.interrupt_signal(exc)
+        print(f"interrupted by {signal_name(signum)}: stopped; complete shards are kept and the same "
+              f"command resumes", file=sys.stderr)
+        return 128 + signum
+    except (job.UsageError, job.StoreUnusable, StoreLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not utterances:
-        print(f"error: no videos found under {args.root} for dataset {args.dataset!r}", file=sys.stderr)
-        return 2
+        return job.EXIT_USAGE
+    except job.RayStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return job.EXIT_RAY
+    except OSError as exc:
+        print(job.describe_os_error(exc), file=sys.stderr)
+        return job.EXIT_IO
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def store_lock_checked(args: argparse.Namespace, store: Path):
+    """The arguments and the store checked (nothing started yet), then the store's lock."""
+    with job.usage_errors():
+        if "sync" in args.fields or args.sync_scorer:  # the sync pass is its own command now
+            raise ValueError(f"the sync pass is its own command: run extract.py without --fields sync / "
+                             f"--sync-scorer, then python -m training.sync.sync_pass --store {args.store} "
+                             f"--scorer {args.sync_scorer or 'unisync:CHECKPOINT'}")
+        args.fields = resolve(args.fields)
+        if not args.ray_timeout > 0:
+            raise ValueError(f"--ray-timeout must be positive, got {args.ray_timeout}")
+    job.check_store(store)
+    return store_lock(store)
+
+
+def run(args: argparse.Namespace, store: Path, session: dict) -> int:
+    """The job, with the store locked: list, plan, extract, build the catalog, report."""
+    fields = args.fields
+    with job.usage_errors():
+        utterances = list_utterances(args.dataset, args.root, **adapter_kwargs(args))
     existing = read_plan(store)
-    ray = init_ray(args.address, args.workers)
+    listed = skipped_of(utterances)  # e.g. a.avi beside a.mp4
+    utterances, no_video = skip_without_video(args.dataset, utterances, {
+        r["utt_id"] for r in existing if r["dataset"] == args.dataset})
+    skipped = listed + no_video
+    for item in skipped:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    if not utterances:
+        raise job.UsageError(f"no videos found under {args.root} for dataset {args.dataset!r}")
     probe_figures = None
-    if probes_long_videos(args):
-        utterances, probe_figures = cut_long_videos(ray, store, args.dataset, utterances, existing,
+    if probes_long_videos(args):  # the probe pass needs Ray before the plan is fixed
+        session["ray"] = init_ray(args.address, args.workers, args.ray_timeout)
+        utterances, probe_figures = cut_long_videos(session["ray"], store, args.dataset, utterances, existing,
                                                     args.max_seconds, args.workers)
-    dataset_plan = extend_plan(existing, args.dataset, utterances, args.shard_size, args.shard_minutes)
+    with job.usage_errors():  # --shard-minutes / --shard-size out of range
+        dataset_plan = extend_plan(existing, args.dataset, utterances, args.shard_size, args.shard_minutes)
     plan = [r for r in existing if r["dataset"] != args.dataset] + dataset_plan
     write_plan(store, plan)
     store_fields = update_store_json(store, args, fields)
+    build = lambda: build_catalog(store, plan, store_fields, val=args.val, test=args.test,  # noqa: E731
+                                  seed=args.split_seed)
+    session["rebuild"] = build  # from here on the store differs from its catalog until the build
+    write_plan_errors(store, args.dataset, dataset_plan, fields)
+    if session["ray"] is None:
+        session["ray"] = init_ray(args.address, args.workers, args.ray_timeout)
 
     started = time.perf_counter()
-    frames, failures = extract_fields(ray, store, args, dataset_plan, fields)
+    frames, failures = extract_fields(session["ray"], store, args, without_plan_errors(dataset_plan), fields)
     seconds = time.perf_counter() - started
-    tables = build_catalog(store, plan, store_fields, val=args.val, test=args.test, seed=args.split_seed)
-    if sync_spec and not failures:
-        tables = sync_after_extract(ray, store, args, sync_spec, lambda: build_catalog(
-            store, plan, store_fields, val=args.val, test=args.test, seed=args.split_seed))
-    return report(store, args.dataset, tables, frames, seconds, failures, probe_figures)
+    tables = build()
+    session["rebuild"] = None
+    return report(store, args.dataset, tables, frames, seconds, failures, probe_figures, skipped)
 
 
 def adapter_kwargs(args: argparse.Namespace) -> dict:
@@ -222,7 +345,11 @@ def probes_long_videos(args: argparse.Namespace) -> bool:
 
 
 def update_store_json(store: Path, args: argparse.Namespace, fields: list[str]) -> list[str]:
-    """Record the timebase and every field's version in store.json; returns the store's fields."""
+    """Record the timebase and every field's version in store.json; returns the store's fields.
+
+    The hubert model is not recorded here, before anything is made with it: record_provenance
+    records what the stored rows were made with once the fields have run.
+    """
     info = read_store_json(store)
     store_fields = sorted(set(info.get("fields", {})) | set(fields), key=lambda f: (f == "meta", f))
     info.update(version=STORE_VERSION, timebase={"fps": FPS, "sample_rate": 16000, "window": WINDOW},
@@ -231,37 +358,91 @@ def update_store_json(store: Path, args: argparse.Namespace, fields: list[str]) 
                         for f in store_fields})
     if "hubert" in store_fields:
         info["fields"]["hubert"].update(info.get("hubert", {}))
-    if "hubert" in fields:
-        info["hubert"] = {"model": hubert_model(args), "layer": args.hubert_layer}
-        info["fields"]["hubert"].update(info["hubert"])
     write_store_json(store, info)
     return store_fields
 
 
+def record_provenance(store: Path, requested: Options | None = None) -> None:
+    """store.json's `hubert` entry: the model and layer of the stored hubert tars that hold rows
+    (their sidecars' provenance; a sidecar from before provenance was recorded keeps the entry
+    store.json had). No row made: no entry. Several: `{"models": [...]}` and a warning; tars made
+    with another model than `requested` are named with the way to redo them."""
+    info = read_store_json(store)
+    made: dict[tuple, int] = {}
+    for path in sorted(Path(store).glob("shards/*/hubert/*.json")):
+        side = parse_sidecar(path.read_bytes())
+        if side is None or not any(m.get("status") == "ok" for m in side["members"]):
+            continue
+        prov = side.get("provenance") or info.get("hubert") or {}
+        key = (prov.get("model"), prov.get("layer"))
+        made[key] = made.get(key, 0) + 1
+    if "hubert" in info.get("fields", {}):
+        for k in ("model", "layer", "models"):
+            info["fields"]["hubert"].pop(k, None)
+    if not made:
+        info.pop("hubert", None)
+    elif len(made) == 1:
+        (model, layer), = made
+        info["hubert"] = {"model": model, "layer": layer}
+    else:
+        info["hubert"] = {"models": [{"model": m, "layer": l, "shards": n} for (m, l), n in sorted(
+            made.items(), key=lambda kv: str(kv[0]))]}
+        print(f"warning: the store's hubert tars were made with {len(made)} models/layers: "
+              f"{sorted(made, key=str)}", file=sys.stderr)
+    if requested is not None:
+        other = {k: n for k, n in made.items() if k != (requested.hubert_model, requested.hubert_layer)}
+        if other:
+            print(f"warning: {sum(other.values())} hubert shard tar(s) were made with {sorted(other, key=str)}, "
+                  f"not {requested.hubert_model!r} layer {requested.hubert_layer}; add --overwrite to redo "
+                  "them with it", file=sys.stderr)
+    if "hubert" in info and "hubert" in info.get("fields", {}):
+        info["fields"]["hubert"].update(info["hubert"])
+    write_store_json(store, info)
+
+
 def report(store: Path, dataset: str, tables: dict, frames: int, seconds: float,
-           failures: dict[int, str], probe: dict | None = None) -> int:
-    """Print and save the run's figures and every error row; the exit code (see EXIT_CODES)."""
+           failures: dict[int, str], probe: dict | None = None, skipped: list[dict] | None = None) -> int:
+    """Print and save the run's figures and the error rows; the exit code (see the module doc).
+
+    `ok` counts utterances whose status is ok: a field that could not run at all (its model did
+    not load, `failures.fields`) leaves its rows' status as it was and is counted apart, in
+    `field_failures`, and said once. Error rows sharing field, stage and reason print as one line.
+    """
     mine = [u for u in tables["utterances"].to_pylist() if u["dataset"] == dataset]
+    job_fields = getattr(failures, "fields", {})
+    errors = [e for e in tables["errors"].to_pylist() if e["dataset"] == dataset]
     figures = {"dataset": dataset, "utterances": len(mine),
                "ok": sum(u["status"] == "ok" for u in mine),
                "errors": sum(u["status"] == "error" for u in mine),
+               "incomplete": sum(u["status"] == "incomplete" for u in mine),
                "frames_extracted": frames, "seconds": round(seconds, 2),
                "frames_per_second": round(frames / seconds, 2) if frames else 0.0,
-               "failed_shards": [f"{dataset}-{i:06d}: {c}" for i, c in sorted(failures.items())]}
+               "failed_shards": [f"{dataset}-{i:06d}: {c}" for i, c in sorted(failures.items())],
+               "field_failures": {f: {"reason": r, "utterances": sum(
+                   e["field"] == f and e["reason"] == r for e in errors)} for f, r in sorted(job_fields.items())},
+               "repaired": list(getattr(failures, "repaired", []))}
     if probe is not None:
         figures["probe"] = probe
+    figures["skipped"] = list(skipped or [])  # files not planned, and why (main printed them)
     (store / "extract_report.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures))
-    for err in tables["errors"].to_pylist():
-        if err["dataset"] == dataset:
-            print(f"  error {err['utt_id']} [{err['field']}/{err['stage']}]: {err['reason']}")
+    groups: dict[tuple, list[str]] = {}
+    for err in errors:
+        if job_fields.get(err["field"]) != err["reason"]:  # a job-level failure is said once, below
+            groups.setdefault((err["field"], err["stage"], err["reason"]), []).append(err["utt_id"])
+    for (field, stage, reason), utts in groups.items():
+        who = utts[0] if len(utts) == 1 else f"{utts[0]} and {len(utts) - 1} more"
+        print(f"  error {who} [{field}/{stage}]: {reason}")
+    for field, info in figures["field_failures"].items():
+        print(f"error: field {field} could not run (a job-level failure, not the utterances'): {info['reason']} "
+              f"-- its {info['utterances']} rows are field_{field} = error, stage 'model', their status "
+              f"unchanged; fix it and re-run the same command to fill them in", file=sys.stderr)
     if failures:
         n_rows = sum(u["shard_id"] in failures for u in mine)
         print(f"{len(failures)} shard(s) failed after their retries; their {n_rows} utterances are error rows "
               f"(stage 'worker') naming the cause. Re-run the same command to try them again:",
               *figures["failed_shards"], sep="\n  ", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if failures or job_fields else 0
 
 
 if __name__ == "__main__":

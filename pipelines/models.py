@@ -1,13 +1,13 @@
 """Fitted artefacts a field needs before it can be extracted (stored under <store>/models/)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from catalog.layout import models_dir, sidecar_path, tar_path
+from catalog.layout import models_dir, tar_path
 from catalog.plan import shards_of
+from catalog.sidecar import read_sidecar
 from catalog.tars import iter_members
 from features import tdmm
 from features.fields import FIELDS
@@ -22,8 +22,8 @@ def stored_landmarks(store: Path, dataset: str, plan: list[dict], limit: int) ->
     out: list[np.ndarray] = []
     ext = FIELDS["landmarks"].ext
     for shard_id in shards_of(plan):
-        side = sidecar_path(store, dataset, "landmarks", shard_id)
-        if not side.exists() or not any(m["status"] == "ok" for m in json.loads(side.read_text())["members"]):
+        side = read_sidecar(store, dataset, "landmarks", shard_id)  # None: absent or broken
+        if side is None or not any(m.get("status") == "ok" for m in side["members"]):
             continue
         for name, data in iter_members(tar_path(store, dataset, "landmarks", shard_id)):
             if name.split(".", 1)[1] == ext:

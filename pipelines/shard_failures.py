@@ -10,8 +10,8 @@ died. An exception raised by the task's own code is not retried (it would fail t
 A shard that still fails gets, for every pending field, a tar of `<key>.error.json`
 placeholders and a sidecar whose entries name the cause, so the catalog holds its rows (status
 `error`, stage `worker`) and `verify` sees an aligned store. A later run of the same command
-recognises these sidecars (every member failed at stage `worker`), clears them and tries the
-shard again.
+sees that these pairs are not intact (catalog.sidecar.redo_member: a member failed at stage
+`worker`) and redoes them.
 """
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ import json
 import os
 from pathlib import Path
 
-from catalog.layout import sidecar_path, tar_path
-from catalog.sidecar import is_complete, read_sidecar, write_sidecar
+from catalog.layout import tar_path
+from catalog.sidecar import WORKER_STAGE, is_complete, write_sidecar
 from catalog.tars import TarWriter
 from features.fields import ERROR_EXT, FIELDS
 
-STAGE = "worker"
+STAGE = WORKER_STAGE
 FAULT_ENV = "UNISYNC_FAULT_SHARDS"  # tests: "<dataset>-<shard_id>[:oom],..." shards whose worker dies
 OOM_CAP_BYTES = 6 << 30  # the `oom` fault stops growing here (then exits) if nothing killed it
 
@@ -68,19 +68,14 @@ def classify(exc: BaseException) -> tuple[bool, str]:
     return False, f"{type(exc).__name__}: {first}"
 
 
-def _is_placeholder(side: dict | None) -> bool:
-    """A sidecar this module wrote: every member failed at the worker stage."""
-    return bool(side and side["members"]) and all(m.get("stage") == STAGE for m in side["members"])
-
-
 def write_failed_shard(store: Path, dataset: str, shard_id: int, rows: list[dict], fields: list[str],
                        cause: str) -> None:
-    """Placeholder tars and sidecars for every field of the shard not already complete."""
+    """Placeholder tars and sidecars for every field of the shard not already complete (a pair
+    that failed for a job-level reason, such as an earlier placeholder, is replaced)."""
     error = {"status": "error", "stage": STAGE, "reason": cause}
     member = json.dumps(error, sort_keys=True).encode()
     for name in fields:
-        side = read_sidecar(store, dataset, name, shard_id)
-        if is_complete(store, dataset, name, shard_id) and not _is_placeholder(side):
+        if is_complete(store, dataset, name, shard_id):
             continue  # written by an earlier attempt before the worker died: keep it
         with TarWriter(tar_path(store, dataset, name, shard_id)) as tar:
             for row in rows:
@@ -88,13 +83,3 @@ def write_failed_shard(store: Path, dataset: str, shard_id: int, rows: list[dict
         write_sidecar(store, dataset, name, shard_id, FIELDS[name].version if name in FIELDS else "meta-1",
                       [{"utt_id": r["utt_id"], **error} for r in rows], tar)
 
-
-def clear_failed_shard(store: Path, dataset: str, shard_id: int, fields: list[str]) -> bool:
-    """Remove a shard's placeholder pairs (sidecar first) so the shard is redone; True if any."""
-    cleared = False
-    for name in fields:
-        if _is_placeholder(read_sidecar(store, dataset, name, shard_id, need_tar=False)):
-            sidecar_path(store, dataset, name, shard_id).unlink(missing_ok=True)
-            tar_path(store, dataset, name, shard_id).unlink(missing_ok=True)
-            cleared = True
-    return cleared

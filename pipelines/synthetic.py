@@ -24,22 +24,19 @@ CLI::
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy import signal
+
+from features.cli import HelpFormatter
 
 SAMPLE_RATE = 16000
 SHIFT_SAMPLES_PER_FRAME = 640  # audio_shift_frames unit (one 25 fps frame at 16 kHz)
@@ -880,7 +877,7 @@ def generate_corpus(root: Path, n_speakers: int = 8, n_utterances: int = 6, seed
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Generate a synthetic talking-face corpus (mp4 + ground-truth json).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--root", type=Path, required=True, help="output directory")
     p.add_argument("--speakers", type=int, default=8, help="number of speakers")
     p.add_argument("--utterances", type=int, default=6, help="utterances per speaker")

@@ -19,14 +19,24 @@ def real_corpus() -> Path:
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int = 25, audio: np.ndarray | None = None,
-                video: bool = True) -> Path:
-    """A small H.264/AAC mp4 with or without either stream, for error-path tests."""
+                video: bool = True, rotation: float | None = None, hflip: bool = False,
+                sar: Fraction | None = None, tags: dict | None = None) -> Path:
+    """A small H.264/AAC mp4 (or any container the suffix names) with or without either stream.
+
+    `rotation` (counter-clockwise degrees, PyAV's convention) and `hflip` write a display matrix,
+    `sar` a sample aspect ratio, `tags` video stream metadata (e.g. a legacy `rotate` tag): how a
+    player should show the stored frames."""
     import av
 
     with av.open(str(path), "w") as out:
         vs = out.add_stream("libx264", rate=fps) if video else None
         if vs is not None:
             vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            if rotation is not None or hflip:
+                vs.set_display_rotation(rotation or 0, hflip=hflip)
+            if sar is not None:
+                vs.codec_context.sample_aspect_ratio = sar
+            vs.metadata.update(tags or {})
         as_ = out.add_stream("aac", rate=16000) if audio is not None else None
         if as_ is not None:
             as_.layout = "mono"
@@ -45,6 +55,38 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 25, audio: np.ndarray
                     out.mux(pkt)
             for pkt in as_.encode():
                 out.mux(pkt)
+    return path
+
+
+def write_pcm(path: Path, signal: np.ndarray, codec: str, rate: int = 16000,
+              frames: np.ndarray | None = None) -> Path:
+    """`signal` ((channels, samples) float32) in a file whose audio is `codec` (pcm_u8, pcm_s16le,
+    pcm_s32le_planar, pcm_f64le, ...): PyAV converts the float frames to the codec's sample format.
+    With `frames`, an MJPEG video stream goes first (an .avi with 8-bit PCM, as old cameras wrote;
+    MJPEG has no reordered frames, whose missing timestamps in AVI would shift the video)."""
+    import av
+
+    layout = {1: "mono", 2: "stereo"}[len(signal)]
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("mjpeg", rate=25) if frames is not None else None
+        if vs is not None:
+            vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuvj420p"
+        st = out.add_stream(codec, rate=rate)
+        st.layout = layout
+        if vs is not None:
+            for img in frames:
+                for pkt in vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                    out.mux(pkt)
+            for pkt in vs.encode():
+                out.mux(pkt)
+        for i in range(0, signal.shape[1], 1000):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(signal[:, i:i + 1000], dtype=np.float32),
+                                               format="fltp", layout=layout)
+            frame.sample_rate, frame.pts, frame.time_base = rate, i, Fraction(1, rate)
+            for pkt in st.encode(frame):
+                out.mux(pkt)
+        for pkt in st.encode():
+            out.mux(pkt)
     return path
 
 

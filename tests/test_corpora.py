@@ -156,20 +156,18 @@ def test_folder_follows_symlinked_speakers_and_files_without_looping(tmp_path):
 # exercised by test_extract.py and, through `ray job submit`, by test_cluster.py.
 DRIVER = """
 import json, sys
-sys.path.insert(0, sys.argv[1])
 import ray
-ray.init(address="local", num_cpus=2, include_dashboard=False,
-         runtime_env={"env_vars": {"PYTHONPATH": sys.argv[1]}})
+ray.init(address="local", num_cpus=2, include_dashboard=False)  # workers import the installed package
 ray.init = ray.shutdown = lambda *a, **k: None  # the runs below reuse this Ray and its warm workers
 from pipelines.extract import main
-for argv in json.loads(sys.argv[2]):
+for argv in json.loads(sys.argv[1]):
     if main(argv):
         sys.exit(1)
 """
 
 
 def extract_all(runs: list[list[str]]) -> None:
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(REPO), json.dumps(runs)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(runs)], cwd=REPO,
                           env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

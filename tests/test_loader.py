@@ -12,7 +12,7 @@ import torch
 
 from features.codecs import decode_jpeg_sequence, encode_jpeg_sequence
 from tests.test_training import make_store
-from training import data as data_module
+from catalog import reader as reader_module
 from training.data import ShardBuffer, Utterance, load_utterances, read_catalog, select_rows, shard_list
 from training.loader import RankData
 from training.sampler import PairSampler
@@ -73,8 +73,8 @@ def test_in_process_loader_matches_one_worker(store):
 
 def test_shard_plan_is_built_once_whatever_the_shards_loaded(store, monkeypatch):
     calls = []
-    real = data_module.shard_plan
-    monkeypatch.setattr(data_module, "shard_plan", lambda rows: calls.append(1) or real(rows))
+    real = reader_module.shard_plan  # the store's reader builds the plan (training.data reads through it)
+    monkeypatch.setattr(reader_module, "shard_plan", lambda rows: calls.append(1) or real(rows))
     rows = read_catalog(store)
     usable = select_rows(rows, ["mel", "landmarks"], ["train", "val", "test"])
     shards = shard_list(usable)

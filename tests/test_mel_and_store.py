@@ -82,10 +82,12 @@ def test_plan_is_kept_and_extended_in_new_shards():
     assert {r["shard_id"] for r in grown[10:]} == {3}
 
 
-def test_plan_rejects_key_collisions():
+def test_plan_makes_the_later_of_two_ids_sharing_a_key_an_error_row():
     utts = [Utterance("a/b", "a", "/x.mp4"), Utterance("a__b", "a", "/y.mp4")]  # both key a__b
-    with pytest.raises(ValueError, match="same tar key"):
-        extend_plan([], "folder", utts, 4)
+    plan = extend_plan([], "folder", utts, 4)
+    assert [(r["utt_id"], r["key"], r["shard_id"]) for r in plan] == [("a/b", "a__b", 0), ("a__b", "a__b-dup1", 1)]
+    assert plan[0]["plan_error"] is None and "'a/b'" in plan[1]["plan_error"]  # names the other
+    assert extend_plan(plan, "folder", utts, 4) == plan  # a re-run keeps both rows as they are
 
 
 @pytest.mark.parametrize("n", [3, 4, 8, 20, 101])

@@ -1,4 +1,4 @@
-"""training/score.py end to end: CSV, JSON, plots, named protocols and scorer, crops that re-score
+"""training/sync/score.py end to end: CSV, JSON, plots, named protocols and scorer, crops that re-score
 to the same numbers, clear errors. Random SyncNet weights: the numbers mean nothing, the
 plumbing and the arithmetic must hold."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from training.score import main
-from training.syncnet import save_random_weights
+from training.sync.score import main
+from training.sync.syncnet import save_random_weights
 
 
 @pytest.fixture(scope="module")

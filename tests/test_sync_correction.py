@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.sync_correction import (AUDIO_FIELDS, SyncCorrection, apply, correction_for,
-                                      field_start, summarize)
+from catalog.sync_correction import (AUDIO_FIELDS, SyncCorrection, apply, correction_for,
+                                     field_start, summarize)
 
 
-class FakeUtt:  # the attributes of training.data.Utterance the correction touches
+class FakeUtt:  # the attributes of catalog.reader.Utterance the correction touches
     def __init__(self, n_frames: int):
         self.n_frames = n_frames
 
@@ -69,7 +69,7 @@ def test_correction_restores_lag_zero_on_shift_variants(tmp_path, shift):
 
 
 def test_loader_applies_the_catalog_offset_when_asked(tmp_path):
-    """training.data / windows / loader: rows read with sync_offset re-pair the audio windows."""
+    """catalog.reader (via training.data) / windows / loader: rows read with sync_offset re-pair the audio windows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from training.sync_loss import SyncLoss
-from training.syncnet import save_random_weights
+from training.sync.loss import SyncLoss
+from training.sync.syncnet import save_random_weights
 
 
 @pytest.fixture(scope="module")

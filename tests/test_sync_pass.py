@@ -30,7 +30,7 @@ def store_and_checkpoint(tmp_path_factory):
 def test_sync_sidecar_columns_reach_the_catalog_and_sql(store_and_checkpoint):
     from catalog.build import build_catalog
     from catalog.plan import read_plan
-    from pipelines.sync_pass import COLUMNS, is_done, score_shard
+    from training.sync.sync_pass import COLUMNS, is_done, score_shard
     from training.data import read_catalog
 
     store, ckpt, dataset = store_and_checkpoint
@@ -63,17 +63,39 @@ def test_sync_sidecar_columns_reach_the_catalog_and_sql(store_and_checkpoint):
     assert kept.num_rows == len(rows)
 
 
-def test_sync_request_parses_the_extract_flags():
-    import argparse
+def test_scorer_specs_come_from_the_registry():
+    from training.sync.scorers import SCORERS, parse_spec
 
-    from pipelines.sync_pass import sync_request
+    name, path = parse_spec("unisync:x/best.pt")
+    assert name == "unisync" and path.endswith("/x/best.pt") and path.startswith("/")  # absolute for Ray
+    assert parse_spec("syncnet:/w.model") == ("syncnet", "/w.model")
+    for bad in ("wav2lip:/x", "unisync:", "unisync"):
+        with pytest.raises(ValueError) as err:
+            parse_spec(bad)
+        assert all(f"{n}:{c.weights_label}" in str(err.value) for n, c in SCORERS.items())
 
-    args = argparse.Namespace(fields=["audio", "mel", "sync"], sync_scorer="unisync:/x/best.pt")
-    assert sync_request(args) == "unisync:/x/best.pt" and args.fields == ["audio", "mel"]
-    only = argparse.Namespace(fields=["sync"], sync_scorer="syncnet:/w.model")
-    assert sync_request(only) and only.fields == ["meta"]
-    assert sync_request(argparse.Namespace(fields=["mel"], sync_scorer=None)) is None
-    with pytest.raises(ValueError, match="--sync-scorer"):
-        sync_request(argparse.Namespace(fields=["sync"], sync_scorer=None))
-    with pytest.raises(ValueError, match="unisync:CHECKPOINT"):
-        sync_request(argparse.Namespace(fields=["sync"], sync_scorer="wav2lip:/x"))
+
+def test_sync_pass_command_help_and_bad_specs(tmp_path, capsys):
+    from training.sync.sync_pass import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--scorer NAME:PATH" in shown and "'syncnet:WEIGHTS' or 'unisync:CHECKPOINT'" in shown
+    assert "(default: cpu)" in shown and "(default: None)" not in shown
+    assert main(["--store", str(tmp_path), "--scorer", "wav2lip:/x"]) == 2  # before any Ray start
+    assert "must be 'syncnet:WEIGHTS' or 'unisync:CHECKPOINT'" in capsys.readouterr().err
+    assert main(["--store", str(tmp_path), "--scorer", f"syncnet:{tmp_path / 'absent.model'}"]) == 2
+    assert "absent.model not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [["--fields", "mel", "sync"], ["--sync-scorer", "unisync:/x/best.pt"]])
+def test_extract_sends_the_sync_pass_to_its_own_command(tmp_path, capsys, flags):
+    from pipelines.extract import main
+
+    rc = main(["--dataset", "folder", "--root", str(tmp_path), "--store", str(tmp_path / "s"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "python -m training.sync.sync_pass --store " in err and "--scorer unisync:" in err
+    assert not (tmp_path / "s").exists()  # nothing was planned or extracted

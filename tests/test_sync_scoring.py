@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from features.sync_audio import (int16_scale, mfcc_window, n_mfcc_rows, syncnet_mfcc,
+from training.sync.audio import (int16_scale, mfcc_window, n_mfcc_rows, syncnet_mfcc,
                                  syncnet_window_count)
-from features.sync_crops import pipeline_crop, smooth_boxes, to_syncnet_input
-from training.sync_scoring import DistanceBand, cosine_rows, distance_table, score_table
+from training.sync.crops import pipeline_crop, smooth_boxes, to_syncnet_input
+from training.sync.scoring import DistanceBand, cosine_rows, distance_table, score_table
 
 
 def speechlike(n: int, seed: int = 0) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.syncnet import SyncNet, WeightsError, load_syncnet, save_random_weights
+from training.sync.syncnet import SyncNet, WeightsError, load_syncnet, save_random_weights
 
 # syncnet_python's SyncNetModel.S: Sequential indices of the convolutions (BatchNorm at +1) and
 # their weight shapes; the fc heads are Linear(512, 512), BatchNorm1d, ReLU, Linear(512, 1024).
@@ -92,8 +92,8 @@ def reference_evaluate(model, frames_rgb: np.ndarray, audio: np.ndarray, vshift:
 
 
 def test_streaming_scorer_equals_reference_evaluate(tmp_path):
-    from features.sync_audio import int16_scale
-    from training.scorers import SyncNetScorer
+    from training.sync.audio import int16_scale
+    from training.sync.scorers import SyncNetScorer
 
     torch.set_num_threads(2)
     scorer = SyncNetScorer(save_random_weights(tmp_path / "w.model", seed=3))

@@ -11,11 +11,8 @@ import pytest
 
 av = pytest.importorskip("av")
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from pipelines import synthetic as syn  # noqa: E402
+from pipelines import synthetic as syn  # noqa: E402  (after the importorskip)
+from tests.conftest import REPO  # noqa: E402
 
 SR = syn.SAMPLE_RATE
 

@@ -32,6 +32,7 @@ from training.data import (ShardBuffer, StoreError, load_splits, load_utterances
                            rank_shards)
 from training.evaluate import accuracy_report, eval_set
 from training.fit import load_checkpoint, parse_args, train
+from training.runtime import read_checkpoint
 from training.loss import make_optimizer, margin_bce, margins_for
 from training.model import UniSync, count_parameters
 from training.sampler import PairSampler
@@ -603,12 +604,12 @@ def test_resume_continues_exactly(store, tmp_path):
     common = ("--eval-every", "4", "--eval-pairs", "64", "--log-every", "1", "--offset-windows", "0")
     train(fit_args(store, tmp_path / "straight", "--steps", "8", *common))
     train(fit_args(store, tmp_path / "split", "--steps", "4", *common))
-    half = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
+    half = read_checkpoint(tmp_path / "split" / "checkpoint.pt")
     assert half["step"] == 4
     final = train(fit_args(store, tmp_path / "split", "--steps", "8", "--resume", *common))
     assert final["steps"] == 8 and final["resumed_from"] == 4
-    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
+    a = read_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = read_checkpoint(tmp_path / "split" / "checkpoint.pt")
     assert a["step"] == b["step"] == 8
     assert a["rank_states"][0]["sampler"] == b["rank_states"][0]["sampler"]  # same draws made
     la = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
@@ -624,7 +625,7 @@ def test_fit_streams_with_a_shard_buffer(store, tmp_path):
     final = train(fit_args(store, out, "--steps", "9", "--buffer-shards", "1", "--refresh-every", "3",
                            "--eval-every", "0", "--eval-pairs", "64", "--offset-windows", "0"))
     assert final["steps"] == 9
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = read_checkpoint(out / "checkpoint.pt")
     assert len(ckpt["rank_states"][0]["buffer"]["buffered"]) == 1
 
 

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.conftest import REPO
 from tests.test_training import make_store
+from training.runtime import read_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def store(tmp_path_factory) -> Path:
 def torchrun(*args: str, nproc: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            str(REPO / "training" / "fit.py"), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the venv's editable install carries the code
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
@@ -45,13 +45,13 @@ def test_torchrun_two_ranks_own_shards_and_resume(store, tmp_path):
     # a rank whose shards hold one speaker borrows another shard's audio for cross negatives
     for r in ranks:
         assert r["speakers"] >= 2 or r["foreign_audio_utterances"] > 0
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = read_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == 3 and ckpt["world"] == 2 and len(ckpt["rank_states"]) == 2
     assert ckpt["rank_states"][0]["sampler"] != ckpt["rank_states"][1]["sampler"]
     assert all(s["sampler"]["drawn"] == 3 * 16 for s in ckpt["rank_states"])
 
     torchrun(*common, "--steps", "6", "--resume")
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = read_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == 6 and all(s["sampler"]["drawn"] == 6 * 16 for s in ckpt["rank_states"])
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # continued at step 4, nothing repeated
@@ -81,8 +81,7 @@ def test_ablation_grid_writes_both_tables(store, tmp_path):
 
 
 def test_loader_benchmark_reads_only_the_combo_fields(store, tmp_path):
-    sys.path.insert(0, str(REPO))
-    from benchmarks.loader import main
+    from benchmarks.loader import main  # the repository root is on pytest's pythonpath
     path = tmp_path / "bench.json"
     assert main(["--store", str(store), "--combos", "mel_landmarks", "hubert_rgb", "--windows", "128",
                  "--json", str(path)]) == 0

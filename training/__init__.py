@@ -1,10 +1,11 @@
-"""UniSync sync-expert training on a unisync store (DESIGN.md, Training).
+"""UniSync sync-expert training on a unisync store (DESIGN.md, Training), and the sync wing.
 
     combos.py    combo names, their fields and default margins
     data.py      catalog rows -> only the combo's field tars (catalog.tars.iter_shard) ->
                  Utterance objects; per-rank shard lists and the shard buffer (streaming)
     loader.py    the DataLoader: per-worker streams of the rank's shards, seeded samplers,
                  exact resume; batches of raw uint8 / float16 windows
+    handoff.py   how loader workers hand batches to the training process (shared-memory arenas)
     sampler.py   seeded pairs: positives, same-speaker shifted and cross-speaker negatives
     windows.py   5-frame windows of a batch of pairs on the shared timebase; normalised on the device
     model.py     the dual-stream UniSync model (adapters, fixed pooling, shared trunks, cosine)
@@ -14,4 +15,8 @@
     runtime.py   device, autocast, ranks (DDP), checkpoints
     fit.py       the training script (python training/fit.py --help; torchrun) and `train(config)`
     ablate.py    the paper's Table IV / Table V grid on a store
+
+    sync/        the sync wing: scorers (SyncNet, UniSync) behind one registry, scoring, the
+                 score CLI, the sync pass, plots, SyncLoss (see training/sync/__init__.py); the
+                 trainer above never imports it (tests/test_layers.py)
 """

@@ -20,18 +20,15 @@ interrupted grid continues where it stopped. Writes <out>/ablation.json and <out
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
+from features.cli import HelpFormatter
 from training.combos import AUDIO, COMBOS, DEFAULT_MARGINS, VISUAL, combo_fields, parse_combo
 from training.config import TrainConfig
 from training.data import StoreError, read_catalog, select_rows
@@ -45,7 +42,7 @@ VISUAL_NAMES = {"rgb": "RGB images", "parsing": "Face parsing map", "landmarks":
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Table IV / Table V grid of UniSync runs on a store.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--store", required=True, help="store root")
     p.add_argument("--out", required=True, help="grid directory (one fit.py run directory per job)")
     p.add_argument("--combos", nargs="+", default=list(COMBOS), choices=COMBOS,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from features.cli import HelpFormatter
 from training.combos import COMBOS, DEFAULT_MARGINS, parse_combo
 
 
@@ -58,9 +59,9 @@ class TrainConfig:
     threads: int = _opt(0, "torch CPU threads (0: torch's default)")
     device: str = _opt("auto", "'auto' (cuda if available), 'cpu', 'cuda', ...")
     dtype: str = _opt("bf16", "autocast dtype on CUDA (CPU always runs float32)", choices=("bf16", "fp32"))
-    sync_correct: bool = _opt(False, "apply each utterance's catalog sync_offset (pipelines/sync_pass.py) to "
+    sync_correct: bool = _opt(False, "apply each utterance's catalog sync_offset (python -m training.sync.sync_pass) to "
                                      "its audio fields when cutting windows; the unpaired end frames are "
-                                     "dropped and counted (training/sync_correction.py)")
+                                     "dropped and counted (catalog/sync_correction.py)")
     landmarks_center: bool = _opt(True, "subtract each utterance's mean landmark shape / 3DMM coefficients",
                                   aliases=("--center",))
     print_model: bool = _opt(False, "print parameters and multiply-adds per pair of --combo at --width and exit")
@@ -82,7 +83,7 @@ class TrainConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train a UniSync sync expert on a unisync store.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     for f in fields(TrainConfig):
         meta = dict(f.metadata)
         flags = ["--" + f.name.replace("_", "-"), *meta.pop("aliases", ())]

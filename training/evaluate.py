@@ -19,14 +19,9 @@ protocols embed each window of an utterance once and score every offset from tho
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,9 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from features.cli import HelpFormatter
 from training.combos import parse_combo
 from training.data import Utterance
-from training.runtime import autocast, load_checkpoint, pick_device
+from training.runtime import CheckpointError, autocast, load_checkpoint, pick_device
 from training.sampler import FAR_SHIFT, KINDS, Pair, PairSampler
 from training.windows import make_batch, model_windows
 
@@ -240,7 +236,7 @@ def full_report(model: torch.nn.Module, splits: dict[str, list[Utterance]], spli
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Evaluate a UniSync checkpoint on a split of a store.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt or best.pt of a fit.py run")
     p.add_argument("--store", required=True, help="store root (holds catalog/ and shards/)")
     p.add_argument("--split", default="test", help="split to evaluate")
@@ -283,13 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    model, ckpt = load_checkpoint(args.checkpoint, map_location=str(device))
-    model.to(device)
-    train_args = ckpt.get("args", {})
-    ratio = args.cross_speaker_ratio if args.cross_speaker_ratio is not None else \
-        train_args.get("eval_cross_speaker_ratio", 0.2)
     lo, hi = (int(x) for x in args.shifts.split(","))
     try:
+        model, ckpt = load_checkpoint(args.checkpoint, map_location=str(device))
+        model.to(device)
+        train_args = ckpt.get("args", {})
+        ratio = args.cross_speaker_ratio if args.cross_speaker_ratio is not None else \
+            train_args.get("eval_cross_speaker_ratio", 0.2)
         fields = combo_fields(model.combo)
         rows = read_catalog(args.store)
         select_rows(rows, fields, [args.split], args.store)  # names the split if it has nothing
@@ -307,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         for us in splits.values():
             for u in us:  # cut windows as the model was trained on them
                 u.image_scale = train_args.get("image_scale", 1.0)
-    except StoreError as exc:
+    except (StoreError, CheckpointError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report = {"combo": model.combo, "split": args.split, "checkpoint": str(args.checkpoint),

@@ -21,18 +21,16 @@ Writes to --out (rank 0):
     metrics.jsonl   one JSON line per log / eval: step, loss, val balanced accuracy, elapsed s
     ranks.json      each rank's shard list, utterances and windows
     final.json      combo, steps, params, width, seconds, val and test reports of the best state
+The .pt files hold only tensors and JSON-able settings; every load is weights_only=True
+(training/runtime.py), so a crafted checkpoint.pt given to --resume never runs code.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import json
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -44,7 +42,8 @@ from training.evaluate import evaluate, full_report, held_out_set
 from training.loader import RankData, default_workers, prepare_utterances
 from training.loss import make_optimizer, margin_bce, margins_for
 from training.model import UniSync, count_parameters, describe
-from training.runtime import Dist, autocast, load_checkpoint, save_checkpoint  # noqa: F401
+from training.runtime import (CheckpointError, Dist, autocast, load_checkpoint,  # noqa: F401
+                              read_checkpoint, save_checkpoint)
 
 
 def print_model(cfg: TrainConfig) -> list[dict]:
@@ -69,6 +68,20 @@ def row_size(utt: Utterance, name: str) -> int | None:
         return None
     shape = utt.data[name].shape
     return int(shape[1] * shape[2]) if name == "landmarks" else int(shape[-1])
+
+
+RESUME_KEYS = ("model", "optimizer", "step")
+
+
+def read_resume(path: Path, device: torch.device | str = "cpu") -> dict:
+    """checkpoint.pt for --resume: weights_only (runtime.read_checkpoint), with the keys resume needs."""
+    ckpt = read_checkpoint(path, map_location=device)
+    missing = [k for k in RESUME_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: cannot resume from it: no {', '.join(map(repr, missing))} "
+                              "(training/fit.py's checkpoint.pt holds model, optimizer, step and the "
+                              "loader positions)")
+    return ckpt
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -128,9 +141,16 @@ def train(cfg: TrainConfig) -> dict:
     start, best_acc, best_step, losses = 0, -1.0, 0, []
     ckpt_path = out / "checkpoint.pt"
     if cfg.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            ckpt = read_resume(ckpt_path, device)
+            raw_model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (CheckpointError, RuntimeError, ValueError) as exc:
+            dist.close()
+            if isinstance(exc, CheckpointError):
+                raise
+            raise CheckpointError(f"{ckpt_path}: does not fit this run (--combo {cfg.combo}, --width "
+                                  f"{cfg.width}): {str(exc).splitlines()[0]}") from None
         start, best_acc, best_step = ckpt["step"], ckpt.get("best_acc", -1.0), ckpt.get("best_step", 0)
         losses = list(ckpt.get("pending_losses", []))
         states = ckpt.get("rank_states", [])
@@ -223,7 +243,7 @@ def train(cfg: TrainConfig) -> dict:
 
     # final reports: the best-val state (selected on val, so test is the unbiased figure)
     if best_step:
-        raw_model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=False)["model"])
+        raw_model.load_state_dict(read_checkpoint(out / "best.pt", map_location=device)["model"])
     final = {"combo": cfg.combo, "steps": steps_run, "resumed_from": start, "params": n_params,
              "width": cfg.width, "depth": raw_model.depth, "seconds": round(seconds, 2),
              "load_seconds": round(load_seconds, 2),
@@ -249,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         final = train(cfg)
-    except StoreError as exc:
+    except (StoreError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if "val" in final:

@@ -44,7 +44,7 @@ from training.data import (Shard, ShardBuffer, Utterance, foreign_audio_shards, 
 from training.sampler import PairSampler
 from training.handoff import Arena, Chunk, Slots, batch_bytes, chunk_batches
 from training.windows import Alloc, Batch, make_batch, new_tensor
-from training.sync_correction import summarize
+from catalog.sync_correction import summarize
 
 
 @dataclass

@@ -35,7 +35,7 @@ import torch
 
 from features.codecs import decode_jpeg_into, jpeg_sequence_frames, jpeg_size, lower_half_jpeg
 from features.timebase import WINDOW, window_slice
-from training import sync_correction
+from catalog import sync_correction
 from training.data import Utterance, rate_of
 from training.sampler import KINDS, Pair
 
@@ -44,7 +44,7 @@ IMAGE_FIELDS = ("rgb", "lip")  # JPEG sequences: uint8 pixels, / 255 on the devi
 
 def field_start(utt: Utterance, name: str, t: int) -> int:
     """The frame at which field `name`'s window of video frame t starts: t, unless the loader
-    applied a sync correction (training/sync_correction.py: audio fields shifted by the offset)."""
+    applied a sync correction (catalog/sync_correction.py: audio fields shifted by the offset)."""
     return sync_correction.field_start(utt, name, t)
 
 

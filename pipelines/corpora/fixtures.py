@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from features.cli import HelpFormatter
+
 # Programme ids, video ids and identity ids shaped like the real ones.
 LRS2_PROGRAMMES = ["5535415699068794046", "5536038039829982468", "6300370419826092098", "6114233217837279443"]
 LRS3_VIDEOS = ["0akiEFwtkyA", "-8x1Y2Sa_3jQ", "Zx9o3nMvd1k"]
@@ -243,7 +245,7 @@ def build_all(out: Path, n_clips: int = 8, seed: int = 0, **clip_options) -> dic
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="folder for clips/ and one tree per corpus")
     p.add_argument("--clips", type=int, default=8, help="synthetic clips in the shared pool")
     p.add_argument("--seed", type=int, default=0, help="synthetic corpus seed")

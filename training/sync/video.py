@@ -17,9 +17,10 @@ from typing import Iterator
 
 import numpy as np
 
-from features.media import FPS, MediaError, VideoStream, decode_audio
-from features.sync_audio import int16_scale
-from features.sync_crops import (PROTOCOLS, frame_crop, landmark_boxes, none_crop, pipeline_crop,
+from features.media import MediaError, VideoStream, decode_audio
+from features.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from training.sync.audio import int16_scale
+from training.sync.crops import (PROTOCOLS, SIZE, frame_crop, landmark_boxes, none_crop, pipeline_crop,
                                  smooth_boxes)
 
 
@@ -53,7 +54,7 @@ def read_audio_int16(path: Path | str, audio_path: Path | str | None = None,
     else:
         audio, _ = decode_audio(Path(audio_path), start_s=0.0)
     if max_frames is not None:
-        audio = audio[:max_frames * (16000 // FPS)]
+        audio = audio[:max_frames * SAMPLES_PER_FRAME]
     return int16_scale(audio)
 
 
@@ -71,7 +72,7 @@ def face_boxes(path: Path | str, max_frames: int | None = None) -> np.ndarray:
 
 
 def iter_crops(path: Path | str, protocol: str, max_frames: int | None = None) -> Iterator[np.ndarray]:
-    """224 x 224 RGB crops per grid frame under `protocol` (see features.sync_crops)."""
+    """224 x 224 RGB crops per grid frame under `protocol` (see training.sync.crops)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown crop protocol {protocol!r}; known: {PROTOCOLS}")
     if protocol == "pipeline":
@@ -98,9 +99,9 @@ class CropWriter:
         self.audio = audio
         self._out = av.open(str(self.path), "w")
         self._video = self._out.add_stream("ffv1", rate=fps)
-        self._video.width = self._video.height = 224
+        self._video.width = self._video.height = SIZE
         self._video.pix_fmt = "bgr0"
-        self._sound = self._out.add_stream("pcm_s16le", rate=16000)
+        self._sound = self._out.add_stream("pcm_s16le", rate=SAMPLE_RATE)
         self._sound.layout = "mono"
 
     def add(self, crop: np.ndarray) -> None:
@@ -119,7 +120,7 @@ class CropWriter:
         for i in range(0, len(self.audio), 1024):
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(self.audio[None, i:i + 1024]),
                                                format="s16", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = 16000, i, Fraction(1, 16000)
+            frame.sample_rate, frame.pts, frame.time_base = SAMPLE_RATE, i, Fraction(1, SAMPLE_RATE)
             for packet in self._sound.encode(frame):
                 self._out.mux(packet)
         for packet in self._sound.encode():

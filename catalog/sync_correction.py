@@ -1,7 +1,8 @@
-"""Sync correction: train utterances whose audio is off by a detected offset as if in sync.
+"""Sync correction: read utterances whose audio is off by a detected offset as if in sync.
 
 Wav2Lip's README asks for sync-corrected data, LatentSync shifts each clip's audio by SyncNet's
-offset. We do not rewrite any stored field: the loader applies the offset when it cuts windows.
+offset. We do not rewrite any stored field: the store reader (catalog.reader, and so the trainer
+and `open_store(...).dataset(..., sync_correct=True)`) applies the catalog's offset when it reads.
 With the catalog's `sync_offset` o (syncnet_python's sign: audio late by d frames reads o = -d),
 the sound of video frame t sits at audio frame t + d, so
 

@@ -15,8 +15,10 @@ def plot_name(video: str, protocol: str, scorer: str) -> str:
 
 
 def plot_score(row: dict, path: Path | str) -> Path:
-    """`row` is a score row of training/score.py (offset, lse_d, lse_c, mean_dist, framewise...)."""
+    """`row` is a score row of training/sync/score.py (offset, lse_d, lse_c, mean_dist, framewise...)."""
     import matplotlib
+
+    from training.sync.scorers import SCORERS
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -32,7 +34,7 @@ def plot_score(row: dict, path: Path | str) -> Path:
              label=f"offset {row['offset']:+d}  (min dist {row['lse_d']:.3f})")
     ax1.axhline(np.median(mean), color="grey", lw=0.8, ls=":", label=f"median (conf {row['lse_c']:.3f})")
     ax1.set_xlabel("offset (frames; audio delayed by d gives -d)")
-    ax1.set_ylabel("mean distance" if row["scorer"] == "syncnet" else "mean 1 - p_sync")
+    ax1.set_ylabel(SCORERS[row["scorer"]].distance_label if row["scorer"] in SCORERS else "mean distance")
     ax1.legend(fontsize=8, loc="best")
     ax1.grid(alpha=0.3)
     ax2.plot(np.arange(len(frames)), frames, color="tab:green", lw=1.2)

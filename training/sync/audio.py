@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from features.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, WINDOW
+
 MFCC_RATE = 100  # rows per second (10 ms step)
 MFCC_STEP = SAMPLE_RATE // MFCC_RATE  # 160 samples
 MFCC_WIN = 400  # 25 ms
 N_CEPSTRA = 13
-ROWS_PER_FRAME = 4  # 100 Hz MFCC rows per 25 fps video frame
-WINDOW_ROWS = 20  # 5 video frames
+ROWS_PER_FRAME = MFCC_RATE // FPS  # 4 MFCC rows per video frame
+WINDOW_ROWS = ROWS_PER_FRAME * WINDOW  # 20 rows: 5 video frames
 PREEMPHASIS = 0.97
 
 
@@ -86,5 +87,5 @@ def mfcc_window(mfcc: np.ndarray, t: int) -> np.ndarray:
 def syncnet_window_count(n_video_frames: int, n_audio_samples: int) -> int:
     """Windows the reference scores: min_length = min(frames, floor(samples / 640)); its loop runs
     t = 0 .. min_length - 6, so min_length - 5 windows (125 frames give 120)."""
-    min_length = min(n_video_frames, n_audio_samples // (SAMPLE_RATE // 25))
-    return max(0, min_length - 5)
+    min_length = min(n_video_frames, n_audio_samples // SAMPLES_PER_FRAME)
+    return max(0, min_length - WINDOW)

@@ -1,9 +1,11 @@
 """Score the audio-visual sync of videos: per video offset, LSE-D, LSE-C; then the means papers report.
 
-    python training/score.py outputs/ --scorer syncnet --syncnet-weights syncnet_v2.model --crop frame
-    python training/score.py a.mp4 b.mp4 --scorer unisync --checkpoint runs/mel_landmarks/best.pt
-    python training/score.py clips/ --scorer syncnet --syncnet-weights W --crop pipeline frame none \
+    python -m training.sync.score outputs/ --scorer syncnet --syncnet-weights syncnet_v2.model --crop frame
+    python -m training.sync.score a.mp4 b.mp4 --scorer unisync --checkpoint runs/mel_landmarks/best.pt
+    python -m training.sync.score clips/ --scorer syncnet --syncnet-weights W --crop pipeline frame none \
         --out scores/ --plots scores/plots
+
+Scorers, their weight options and protocols come from the registry (training/sync/scorers.py).
 
 Every row names its scorer (id and version: the weights' or checkpoint's sha256 prefix) and its
 crop protocol (`pipeline`: our face track padded as run_pipeline; `frame`: whole frame to 224, as
@@ -17,37 +19,39 @@ as Ray tasks (a private local Ray unless --address), one video per task.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import csv
 import json
 import os
+import sys
 import time
+from pathlib import Path
+
+from features.cli import HelpFormatter
+from features.timebase import FPS
+from training.sync.crops import PROTOCOLS
+from training.sync.scorers import SCORERS, clear_cache, scorer_class
+from training.sync.scoring import VSHIFT
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 CSV_COLUMNS = ["video", "scorer", "scorer_version", "protocol", "offset", "lse_d", "lse_c",
                "frames_scored", "edges", "seconds", "error"]
-_SCORER_CACHE: dict[tuple, object] = {}  # one model per worker process
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", type=Path, help="video files and/or folders (searched recursively)")
-    p.add_argument("--scorer", choices=("syncnet", "unisync"), default="syncnet", help="which expert scores")
-    p.add_argument("--syncnet-weights", type=Path, default=None,
-                   help="syncnet_v2.model (syncnet_python's published state dict; not downloadable here)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="a training/fit.py checkpoint (unisync)")
-    p.add_argument("--crop", nargs="+", default=["pipeline"], choices=("pipeline", "frame", "none"),
+    p.add_argument("--scorer", choices=list(SCORERS), default="syncnet", help="which expert scores")
+    for flag in dict.fromkeys(cls.weights_flag for cls in SCORERS.values()):  # each option once
+        users = [n for n, cls in SCORERS.items() if cls.weights_flag == flag]
+        p.add_argument(flag, type=Path, default=None,
+                       help=f"{SCORERS[users[0]].weights_help} (--scorer {' / '.join(users)})")
+    p.add_argument("--crop", nargs="+", default=["pipeline"], choices=PROTOCOLS,
                    help="crop protocol(s); each video is scored once per protocol")
     p.add_argument("--edges", choices=("pad", "mask"), default="pad",
                    help="pad: the reference's zero-padded edge windows; mask: leave them out")
-    p.add_argument("--vshift", type=int, default=15, help="offsets searched: -V .. V frames")
+    p.add_argument("--vshift", type=int, default=VSHIFT, help="offsets searched: -V .. V frames")
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (syncnet: 20)")
     p.add_argument("--max-seconds", type=float, default=None, help="score only the first S seconds")
     p.add_argument("--out", type=Path, default=Path("sync_scores"), help="folder for scores.csv / scores.json")
@@ -79,18 +83,21 @@ def scorer_config(args: argparse.Namespace) -> dict:
     kw = {"vshift": args.vshift, "edges": args.edges}
     if args.batch_size:
         kw["batch_size"] = args.batch_size
-    absolute = lambda p: str(p.resolve()) if p else None  # noqa: E731  (Ray workers' cwd differs)
-    return {"name": args.scorer, "syncnet_weights": absolute(args.syncnet_weights),
-            "checkpoint": absolute(args.checkpoint), "device": args.device, **kw}
+    weights = getattr(args, weights_dest(args.scorer))
+    return {"name": args.scorer, "weights": str(weights.resolve()) if weights else None,  # Ray workers' cwd differs
+            "device": args.device, **kw}
+
+
+def weights_dest(name: str) -> str:
+    """The argparse attribute of scorer `name`'s weights option ('--syncnet-weights' -> 'syncnet_weights')."""
+    return scorer_class(name).weights_flag.lstrip("-").replace("-", "_")
 
 
 def get_scorer(config: dict):
-    from training.scorers import make_scorer
+    """The registry's cached scorer: one model per process."""
+    from training.sync.scorers import get_scorer as cached
 
-    key = tuple(sorted(config.items()))
-    if key not in _SCORER_CACHE:
-        _SCORER_CACHE[key] = make_scorer(**config)
-    return _SCORER_CACHE[key]
+    return cached(**config)
 
 
 def score_one(video: str, protocol: str, config: dict, max_frames: int | None,
@@ -105,7 +112,7 @@ def score_one(video: str, protocol: str, config: dict, max_frames: int | None,
     try:
         scorer = get_scorer(config)
         row["scorer_version"] = scorer.version
-        if save_crops and protocol == "pipeline" and config["name"] == "syncnet":
+        if save_crops and protocol == "pipeline" and scorer.saves_crops:
             target = Path(save_crops) / ("_".join(Path(video).with_suffix("").parts[-3:]) + ".mkv")
             s = scorer.score_video(video, protocol, max_frames, save_crops=target)
             row["crops"] = str(target)
@@ -153,13 +160,12 @@ def run_jobs(jobs: list[tuple[str, str]], config: dict, max_frames: int | None, 
     else:
         import ray
 
-        repo = str(Path(__file__).resolve().parents[1])
         if args.address or os.environ.get("RAY_ADDRESS"):
             ray.init(address=args.address or os.environ["RAY_ADDRESS"])
         else:  # a private local Ray: never attach to someone else's cluster on a shared host
-            ray.init(address="local", num_cpus=args.workers or os.cpu_count(), include_dashboard=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": repo}})
-        _SCORER_CACHE.clear()  # the driver's model must not travel with the task's closure
+            ray.init(address="local", num_cpus=args.workers or os.cpu_count(),
+                     include_dashboard=False)  # the workers import the installed package
+        clear_cache()  # the driver's model must not travel with the task's closure
         # max_retries=0: Ray retries OOM kills without end when max_retries != 0 (pipelines/shard_failures.py);
         # a task that dies becomes an error row naming the cause, and the run ends.
         task = ray.remote(num_cpus=1, max_retries=0)(score_one)
@@ -184,7 +190,7 @@ def run_jobs(jobs: list[tuple[str, str]], config: dict, max_frames: int | None, 
 
 
 def write_outputs(rows: list[dict], summary: list[dict], out: Path, plots: Path | None) -> None:
-    from training.sync_plots import plot_name, plot_score
+    from training.sync.plots import plot_name, plot_score
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "scores.csv", "w", newline="") as f:
@@ -217,13 +223,14 @@ def main(argv: list[str] | None = None) -> int:
         if not videos:
             raise FileNotFoundError(f"no video files ({', '.join(VIDEO_EXTS)}) under {args.inputs}")
         config = scorer_config(args)
-        if args.scorer == "unisync" and args.crop != ["pipeline"]:
-            raise ValueError("the unisync scorer reads our face track's fields: use --crop pipeline")
+        cls = scorer_class(args.scorer)
+        if set(args.crop) - set(cls.protocols):
+            raise ValueError(f"the {args.scorer} scorer takes --crop {' '.join(cls.protocols)} only")
         get_scorer(config)  # fail fast on missing weights / checkpoint, before any Ray start
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    max_frames = int(round(args.max_seconds * 25)) if args.max_seconds else None
+    max_frames = int(round(args.max_seconds * FPS)) if args.max_seconds else None
     shown = {str(v.resolve()): str(v) for v in videos}
     jobs = [(str(v.resolve()), protocol) for v in videos for protocol in args.crop]
     rows = run_jobs(jobs, config, max_frames, args)
@@ -237,9 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_summary(summary))
     print(f"wrote {args.out / 'scores.csv'} and {args.out / 'scores.json'}"
           + (f"; plots in {args.plots}" if args.plots else ""))
-    if args.scorer == "syncnet":
-        print(f"scorer {rows[0].get('scorer_version', '?')}: LSE figures are comparable to published "
-              "ones only with the published syncnet_v2.model weights and the same crop protocol")
+    if cls.note:
+        print(f"scorer {rows[0].get('scorer_version', '?')}: {cls.note}")
     return 0 if all(not r["error"] for r in rows) else 1
 
 

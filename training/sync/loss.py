@@ -10,7 +10,8 @@ its running statistics), so gradients flow only into the generator's output. p_s
 expert's own probability: for a UniSync checkpoint the cosine of its ReLU embeddings (in [0, 1],
 exactly what it was trained on), for syncnet_python's SyncNet (trained on L2 distances, linear
 last layer) (1 + cos) / 2 of its embeddings, so that the BCE has a probability with gradient
-everywhere. The rgb expert sees the lower half of the face, as Wav2Lip's.
+everywhere (each scorer's `p_sync` in training/sync/scorers.py; any registered scorer is an expert).
+The rgb expert sees the lower half of the face, as Wav2Lip's.
 """
 from __future__ import annotations
 
@@ -27,25 +28,30 @@ class SyncLoss(nn.Module):
     """BCE of a frozen expert's p_sync of (visual, audio) windows against label 1 (in sync)."""
 
     def __init__(self, expert: nn.Module, kind: str):
+        from training.sync.scorers import SCORERS
+
         super().__init__()
-        if kind not in ("unisync", "syncnet"):
-            raise ValueError(f"kind must be 'unisync' or 'syncnet', got {kind!r}")
+        if kind not in SCORERS:
+            raise ValueError(f"kind must be one of {', '.join(SCORERS)}, got {kind!r}")
         self.expert, self.kind = expert.eval(), kind
+        self._p_sync = SCORERS[kind].p_sync
         for p in self.expert.parameters():
             p.requires_grad_(False)
 
     @classmethod
-    def from_checkpoint(cls, path: Path | str, device: str = "cpu") -> "SyncLoss":
-        from training.runtime import load_checkpoint
+    def from_scorer(cls, kind: str, path: Path | str, device: str = "cpu") -> "SyncLoss":
+        """The expert of registered scorer `kind` (training/sync/scorers.py), loaded from `path`."""
+        from training.sync.scorers import scorer_class
 
-        model, _ = load_checkpoint(path, map_location=device)
-        return cls(model.to(device), "unisync")
+        return cls(scorer_class(kind).load_model(path, device), kind)
+
+    @classmethod
+    def from_checkpoint(cls, path: Path | str, device: str = "cpu") -> "SyncLoss":
+        return cls.from_scorer("unisync", path, device)
 
     @classmethod
     def from_syncnet(cls, weights: Path | str, device: str = "cpu") -> "SyncLoss":
-        from training.syncnet import load_syncnet
-
-        return cls(load_syncnet(weights, device), "syncnet")
+        return cls.from_scorer("syncnet", weights, device)
 
     def train(self, mode: bool = True) -> "SyncLoss":
         """The expert stays in eval mode whatever the generator's mode."""
@@ -55,10 +61,7 @@ class SyncLoss(nn.Module):
 
     def p_sync(self, visual: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """(B,) in (0, 1); differentiable in both inputs."""
-        if self.kind == "unisync":
-            return self.expert(visual, audio)
-        v, a = self.expert.forward_lip(visual), self.expert.forward_aud(audio)
-        return (1 + F.cosine_similarity(v, a, dim=1, eps=1e-8)) / 2
+        return self._p_sync(self.expert, visual, audio)
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         p = self.p_sync(visual, audio).clamp(EPS, 1 - EPS)

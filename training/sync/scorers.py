@@ -1,8 +1,12 @@
-"""Sync scorers with one interface: a SyncNet (published weights) and any UniSync checkpoint.
+"""Sync scorers behind one registry: a SyncNet (published weights) and any UniSync checkpoint.
 
-    scorer = make_scorer("syncnet", syncnet_weights="syncnet_v2.model")
-    scorer = make_scorer("unisync", checkpoint="runs/mel_landmarks/best.pt")
-    score = scorer.score_video("clip.mp4", protocol="pipeline")   # -> sync_scoring.SyncScore
+    scorer = get_scorer("syncnet", "syncnet_v2.model")            # cached: one model per process
+    scorer = get_scorer("unisync", "runs/mel_landmarks/best.pt")
+    score = scorer.score_video("clip.mp4", protocol="pipeline")   # -> scoring.SyncScore
+
+A new scorer is one class (a `Scorer` with its facts as class attributes) and one row of
+`SCORERS`; score.py's --scorer choices and weight options, the sync pass's `name:PATH` specs, the
+plots' axis label and SyncLoss's experts all read the registry.
 
 SyncNet follows syncnet_python's evaluate: windows t = 0 .. min_length - 6 with min_length =
 min(video frames, floor(audio samples / 640)), 20 windows a batch, eval mode, BGR 0-255 crops
@@ -15,17 +19,17 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import ClassVar, Iterable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from features.sync_audio import (SAMPLE_RATE, mfcc_window, syncnet_mfcc, syncnet_window_count)
-from features.sync_crops import to_syncnet_input
-from training.sync_scoring import VSHIFT, DistanceBand, SyncScore, cosine_rows, l2_rows, score_table
-
-SCORERS = ("syncnet", "unisync")
-SAMPLES_PER_FRAME = SAMPLE_RATE // 25
+from features.timebase import FPS, SAMPLES_PER_FRAME, WINDOW
+from training.sync.audio import mfcc_window, syncnet_mfcc, syncnet_window_count
+from training.sync.crops import PROTOCOLS, to_syncnet_input
+from training.sync.scoring import VSHIFT, DistanceBand, SyncScore, cosine_rows, l2_rows, score_table
 
 
 def file_digest(path: Path | str, n: int = 12) -> str:
@@ -36,23 +40,81 @@ def file_digest(path: Path | str, n: int = 12) -> str:
     return h.hexdigest()[:n]
 
 
-class SyncNetScorer:
-    """syncnet_python's SyncNet with weights from a local file."""
+class Scorer:
+    """What every scorer states about itself (class attributes) and does (methods)."""
 
-    name = "syncnet"
+    name: ClassVar[str]  # registry key; every score row's `scorer`
+    weights_flag: ClassVar[str]  # score.py's option that names its file
+    weights_label: ClassVar[str]  # the file in a sync pass spec: NAME:LABEL
+    weights_help: ClassVar[str]
+    protocols: ClassVar[tuple[str, ...]]  # crop protocols score_video takes
+    stored_input: ClassVar[str]  # what the sync pass feeds it: "utterance" (score_utterance of the
+    # trainer's Utterance of stored_fields()) or "frames" (score_arrays of pipeline crops around
+    # the stored face track and the stored audio)
+    distance_label: ClassVar[str]  # what its table holds (the plots' axis)
+    saves_crops: ClassVar[bool] = False  # score_video takes save_crops
+    note: ClassVar[str] = ""  # printed under score.py's summary
 
-    def __init__(self, weights: Path | str, device: str = "cpu", batch_size: int = 20,
-                 vshift: int = VSHIFT, edges: str = "pad"):
-        from training.syncnet import VERSION, load_syncnet
-
-        self.device = torch.device(device)
-        self.model = load_syncnet(weights, self.device)
-        self.version = f"{VERSION}+{file_digest(weights)}"
-        self.batch_size, self.vshift, self.edges = batch_size, vshift, edges
+    model: nn.Module
+    version: str
 
     @property
     def id(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @staticmethod
+    def load_model(path: Path | str, device: str = "cpu") -> nn.Module:
+        """The expert network in eval mode (also SyncLoss's expert)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def p_sync(model: nn.Module, visual: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """(B,) differentiable probability that the windows are in sync (SyncLoss)."""
+        raise NotImplementedError
+
+    def stored_fields(self) -> list[str]:
+        """Store fields the sync pass reads for this scorer."""
+        raise NotImplementedError
+
+
+class SyncNetScorer(Scorer):
+    """syncnet_python's SyncNet with weights from a local file."""
+
+    name = "syncnet"
+    weights_flag = "--syncnet-weights"
+    weights_label = "WEIGHTS"
+    weights_help = "syncnet_v2.model (syncnet_python's published state dict; not downloadable here)"
+    protocols = PROTOCOLS
+    stored_input = "frames"
+    distance_label = "mean distance"
+    saves_crops = True
+    note = ("LSE figures are comparable to published ones only with the published syncnet_v2.model "
+            "weights and the same crop protocol")
+
+    def __init__(self, weights: Path | str, device: str = "cpu", batch_size: int = 20,
+                 vshift: int = VSHIFT, edges: str = "pad"):
+        from training.sync.syncnet import VERSION
+
+        self.device = torch.device(device)
+        self.model = self.load_model(weights, self.device)
+        self.version = f"{VERSION}+{file_digest(weights)}"
+        self.batch_size, self.vshift, self.edges = batch_size, vshift, edges
+
+    @staticmethod
+    def load_model(path: Path | str, device: str = "cpu") -> nn.Module:
+        from training.sync.syncnet import load_syncnet
+
+        return load_syncnet(path, device)
+
+    @staticmethod
+    def p_sync(model: nn.Module, visual: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """(1 + cos) / 2 of the embeddings: SyncNet was trained on L2 distances with a linear last
+        layer, so its cosine spans [-1, 1]; this keeps a probability with gradient everywhere."""
+        v, a = model.forward_lip(visual), model.forward_aud(audio)
+        return (1 + F.cosine_similarity(v, a, dim=1, eps=1e-8)) / 2
+
+    def stored_fields(self) -> list[str]:
+        return ["audio", "landmarks", "meta"]
 
     @torch.no_grad()
     def score_arrays(self, crops: Iterable[np.ndarray], audio: np.ndarray) -> SyncScore:
@@ -61,8 +123,8 @@ class SyncNetScorer:
         audio_frames = len(audio) // SAMPLES_PER_FRAME
         band = DistanceBand(l2_rows, self.vshift)
         for start, frames in self._batches(crops, audio_frames):
-            k = frames.shape[1] - 4  # windows in this batch
-            video = torch.from_numpy(frames).unfold(1, 5, 1).permute(1, 0, 4, 2, 3)  # (k, 3, 5, H, W)
+            k = frames.shape[1] - (WINDOW - 1)  # windows in this batch
+            video = torch.from_numpy(frames).unfold(1, WINDOW, 1).permute(1, 0, 4, 2, 3)  # (k, 3, 5, H, W)
             cc = np.stack([mfcc_window(mfcc, t) for t in range(start, start + k)]).astype(np.float32)
             band.add(self.model.forward_lip(video.contiguous().to(self.device)),
                      self.model.forward_aud(torch.from_numpy(cc).to(self.device)))
@@ -72,6 +134,7 @@ class SyncNetScorer:
         """(first window, (3, k + 4, 224, 224) BGR float frames) for batches of k <= batch_size
         windows; window t is scored when frame t + 5 exists and t + 5 < audio frames, which is
         the reference's rule (t <= min_length - 6)."""
+        extra = WINDOW - 1  # frames a batch of k windows needs beyond k
         buffer: list[np.ndarray] = []  # frames from index `first` on
         first, seen = 0, 0
         for crop in crops:
@@ -81,17 +144,17 @@ class SyncNetScorer:
             seen += 1
             ready = syncnet_window_count(seen, audio_frames * SAMPLES_PER_FRAME) - first
             if ready >= self.batch_size:
-                yield first, to_syncnet_input(np.stack(buffer[:self.batch_size + 4]))
+                yield first, to_syncnet_input(np.stack(buffer[:self.batch_size + extra]))
                 buffer = buffer[self.batch_size:]
                 first += self.batch_size
         ready = syncnet_window_count(seen, audio_frames * SAMPLES_PER_FRAME) - first
         if ready > 0:
-            yield first, to_syncnet_input(np.stack(buffer[:ready + 4]))
+            yield first, to_syncnet_input(np.stack(buffer[:ready + extra]))
 
     def score_video(self, path: Path | str, protocol: str = "pipeline", max_frames: int | None = None,
                     audio_path: Path | str | None = None, save_crops: Path | str | None = None) -> SyncScore:
         """`save_crops`: also write the 224 x 224 crops scored and the audio (lossless .mkv)."""
-        from features.sync_video import CropWriter, iter_crops, read_audio_int16, tee_crops
+        from training.sync.video import CropWriter, iter_crops, read_audio_int16, tee_crops
 
         audio = read_audio_int16(path, audio_path, max_frames)
         crops = iter_crops(path, protocol, max_frames)
@@ -104,10 +167,16 @@ class SyncNetScorer:
                 crops.close()  # the scorer may stop early (audio ends): finish the file
 
 
-class UniSyncScorer:
+class UniSyncScorer(Scorer):
     """A training/fit.py checkpoint scoring offsets -15..15 with 1 - p_sync."""
 
     name = "unisync"
+    weights_flag = "--checkpoint"
+    weights_label = "CHECKPOINT"
+    weights_help = "a training/fit.py checkpoint (best.pt)"
+    protocols = ("pipeline",)  # its visual fields come from our face track
+    stored_input = "utterance"
+    distance_label = "mean 1 - p_sync"
 
     def __init__(self, checkpoint: Path | str, device: str = "cpu", batch_size: int = 256,
                  vshift: int = VSHIFT, edges: str = "pad"):
@@ -121,9 +190,22 @@ class UniSyncScorer:
         self.version = f"{self.combo}+{file_digest(checkpoint)}"
         self.batch_size, self.vshift, self.edges = batch_size, vshift, edges
 
-    @property
-    def id(self) -> str:
-        return f"{self.name}:{self.version}"
+    @staticmethod
+    def load_model(path: Path | str, device: str = "cpu") -> nn.Module:
+        from training.runtime import load_checkpoint
+
+        model, _ = load_checkpoint(path, map_location=str(device))
+        return model.to(device).eval()
+
+    @staticmethod
+    def p_sync(model: nn.Module, visual: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """The model's own output: cosine of its ReLU embeddings, what it was trained on."""
+        return model(visual, audio)
+
+    def stored_fields(self) -> list[str]:
+        from training.combos import combo_fields
+
+        return list(combo_fields(self.combo))
 
     @torch.no_grad()
     def embeddings(self, utt) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +227,7 @@ class UniSyncScorer:
     def score_utterance(self, utt) -> SyncScore:
         """Offset and confidence of one utterance from its stored (or computed) fields."""
         if utt.n_windows <= 0:
-            raise ValueError(f"{utt.utt_id}: shorter than one 5-frame window")
+            raise ValueError(f"{utt.utt_id}: shorter than one {WINDOW}-frame window")
         v, a = self.embeddings(utt)
         band = DistanceBand(cosine_rows, self.vshift)
         band.add(v, a)
@@ -153,11 +235,60 @@ class UniSyncScorer:
 
     def score_video(self, path: Path | str, protocol: str = "pipeline", max_frames: int | None = None,
                     audio_path: Path | str | None = None) -> SyncScore:
-        if protocol != "pipeline":
+        if protocol not in self.protocols:
             raise ValueError(f"the unisync scorer reads our face track's fields: protocol must be "
                              f"'pipeline', got {protocol!r}")
         return self.score_utterance(video_utterance(path, self.combo, self.train_args, max_frames,
                                                     audio_path))
+
+
+# The registry: one row per scorer.
+SCORERS: dict[str, type[Scorer]] = {
+    "syncnet": SyncNetScorer,
+    "unisync": UniSyncScorer,
+}
+
+_CACHE: dict[tuple, Scorer] = {}  # one model per process (score.py's tasks, the sync pass's shards)
+
+
+def scorer_class(name: str) -> type[Scorer]:
+    if name not in SCORERS:
+        raise ValueError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
+    return SCORERS[name]
+
+
+def make_scorer(name: str, weights: Path | str | None, device: str = "cpu", **kw) -> Scorer:
+    """A new scorer `name` loading `weights` (SyncNet weights or a UniSync checkpoint)."""
+    cls = scorer_class(name)
+    if not weights:
+        raise ValueError(f"--scorer {name} needs {cls.weights_flag} PATH ({cls.weights_help})")
+    return cls(weights, device, **kw)
+
+
+def get_scorer(name: str, weights: Path | str | None, device: str = "cpu", **kw) -> Scorer:
+    """make_scorer, cached by its arguments: each process loads a model once."""
+    key = (name, str(Path(weights).resolve()) if weights else None, str(device), *sorted(kw.items()))
+    if key not in _CACHE:
+        _CACHE[key] = make_scorer(name, weights, device, **kw)
+    return _CACHE[key]
+
+
+def clear_cache() -> None:
+    """Drop the cached models (before shipping a task, so no model travels with it)."""
+    _CACHE.clear()
+
+
+def spec_forms() -> str:
+    """The `name:PATH` forms the sync pass takes, e.g. 'syncnet:WEIGHTS' or 'unisync:CHECKPOINT'."""
+    return " or ".join(f"'{name}:{cls.weights_label}'" for name, cls in SCORERS.items())
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """'unisync:PATH' / 'syncnet:PATH' (any registered name) -> (name, absolute path)."""
+    name, _, path = spec.partition(":")
+    if name not in SCORERS or not path:
+        raise ValueError(f"--scorer must be {spec_forms()}, got {spec!r}")
+    return name, str(Path(path).resolve())
 
 
 def video_utterance(path: Path | str, combo: str, train_args: dict, max_frames: int | None = None,
@@ -171,7 +302,7 @@ def video_utterance(path: Path | str, combo: str, train_args: dict, max_frames: 
 
     fields = list(combo_fields(combo))
     row = {"video_path": str(path), "audio_path": str(audio_path) if audio_path else None,
-           "start_s": None, "end_s": None if max_frames is None else max_frames / 25}
+           "start_s": None, "end_s": None if max_frames is None else max_frames / FPS}
     sources = Sources(row, FaceTracker, wanted=fields)  # one streaming pass over the video
     utt = Utterance(str(path), Path(path).stem, "video", "", "score", sources.timeline.n_frames)
     for name in fields:
@@ -185,16 +316,3 @@ def video_utterance(path: Path | str, combo: str, train_args: dict, max_frames: 
             utt.norm[name] = norm
         utt.n_frames = frames_covered(name, _length(name, value), utt.n_frames)
     return utt
-
-
-def make_scorer(name: str, syncnet_weights: Path | str | None = None,
-                checkpoint: Path | str | None = None, device: str = "cpu", **kw):
-    if name == "syncnet":
-        if not syncnet_weights:
-            raise ValueError("--scorer syncnet needs --syncnet-weights PATH (syncnet_v2.model)")
-        return SyncNetScorer(syncnet_weights, device, **kw)
-    if name == "unisync":
-        if not checkpoint:
-            raise ValueError("--scorer unisync needs --checkpoint PATH (a training/fit.py checkpoint)")
-        return UniSyncScorer(checkpoint, device, **kw)
-    raise ValueError(f"unknown scorer {name!r}; known: {SCORERS}")

@@ -20,9 +20,9 @@ Status semantics (what `status` and `field_<name>` promise):
   intact tar and sidecar for the shard yet).
 - `status` is the utterance's own data: `ok` when every field of the store is present and no field
   failed on the utterance's data; `error` when some field failed on it (stages decode, face,
-  feature, or a per-utterance model failure), or when its shard's worker died for good (stage
-  `worker`: nothing of the utterance was made, and the utterance may be what killed it);
-  `incomplete` when some field is missing (a later run fills it in).
+  feature, or a per-utterance model failure); `incomplete` when some field is missing or its
+  shard's worker died for good (stage `worker`: nothing of the utterance was made; the errors
+  table names the cause) -- a later run fills it in.
 - A field that failed for a reason outside the utterance -- its model could not load
   (`job_level` sidecar entries, stage `model`) -- is `field_<name>` = error and an errors-table
   row, but leaves `status` as the other fields make it: `status = 'ok'` queries keep every
@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from catalog.layout import (catalog_dir, field_dir, new_generation, publish_generation, shard_name, table_path,
                             writing)
 from catalog.plan import PLAN_COLUMNS, PLAN_SCHEMA, plan_table, write_plan
-from catalog.sidecar import own_failure, parse_sidecar
+from catalog.sidecar import WORKER_STAGE, own_failure, parse_sidecar
 from catalog.splits import assign_split_column
 
 SPEAKER_SOURCE = {  # what a corpus's speaker_id really is; LRS2 has no speaker labels
@@ -166,7 +166,9 @@ def build_catalog(store: Path, plan: list[dict] | pa.Table, fields: list[str], v
                     if field == "meta" and "columns" not in m:  # sidecars written before `columns`
                         merge(i, {k: m[k] for k in LEGACY_META_COLUMNS if k in m})
                     if m.get("status") != "ok":
-                        if status[i] != "incomplete" and own_failure(m):  # a job-level failure is not the row's
+                        if m.get("stage") == WORKER_STAGE:  # nothing was made: not there yet
+                            status[i] = "incomplete"
+                        elif status[i] != "incomplete" and own_failure(m):  # a job-level failure is not the row's
                             status[i] = "error"
                         error_rows.append({"utt_id": m["utt_id"], "dataset": dataset, "shard_id": shard_id,
                                            "field": field, "stage": m.get("stage"), "reason": m.get("reason")})

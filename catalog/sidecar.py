@@ -73,9 +73,9 @@ def redo_member(entry: dict) -> bool:
 
 def own_failure(entry: dict) -> bool:
     """A member that failed on its utterance's own data (what makes the utterance's status
-    'error'): any failure but a job-level one. A dead worker counts: it may have died of the
-    utterance (its memory), and nothing of the utterance was made."""
-    return entry.get("status") != "ok" and not entry.get("job_level")
+    'error'). Neither a job-level failure nor a dead worker is the utterance's (DESIGN.md, Truth):
+    nothing of a dead worker's shard was made, so its rows are 'incomplete' until a re-run."""
+    return entry.get("status") != "ok" and not redo_member(entry)
 
 
 def pair_problem(store: Path, dataset: str, field: str, shard_id: int, verify_hash: bool = False) -> str | None:

@@ -5,8 +5,9 @@ Every encoder is deterministic (same input, same bytes) so re-runs give byte-ide
 Spilling: a member built frame by frame over a long utterance (a JPEG sequence, the landmarks)
 can be built in an anonymous temporary file instead of memory (`SpilledMember`: its size is known
 and its bytes are read back in blocks), so a worker's memory does not grow with one utterance's
-length. It is opt-in (`spill_members`, which the extraction worker calls): every other caller
-gets bytes as before. A spilled member holds the same bytes the in-memory encoder gives.
+length. It is opt-in (`with spilling():`, which the extraction worker opens around its tars):
+every other caller gets bytes as before. A spilled member holds the bytes the in-memory encoder
+gives.
 """
 from __future__ import annotations
 
@@ -17,20 +18,29 @@ import os
 import struct
 import tempfile
 from array import array
+from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
 
-SPILL_OVER: int | None = None  # members over this many bytes are built on disk (None: never)
+SPILL_THRESHOLD = 8 << 20  # `spilling()`: members over this many bytes are built on disk
+SPILL_OVER: int | None = None  # the threshold in force (None: never spill, outside `spilling()`)
 SPILL_DIR: str | None = None  # where spill files live (None: the system's TMPDIR)
 READ_BLOCK = 1 << 20  # bytes a spilled member is read back in
 
 
-def spill_members(over: int | None = 8 << 20, directory: str | None = None) -> None:
-    """Build members larger than `over` bytes in temporary files from now on (None: never).
-    `directory` should be on disk, not a RAM-backed tmpfs (default: TMPDIR)."""
+@contextmanager
+def spilling(directory: str | None = None, over: int | None = None) -> Iterator[None]:
+    """Within the block, members larger than `over` bytes (default SPILL_THRESHOLD) are built in
+    temporary files in `directory` (default TMPDIR; it should be on disk, not a RAM-backed tmpfs).
+    Whoever opens the block consumes the members inside it (the extraction worker's tars)."""
     global SPILL_OVER, SPILL_DIR
-    SPILL_OVER, SPILL_DIR = over, directory
+    saved = SPILL_OVER, SPILL_DIR
+    SPILL_OVER, SPILL_DIR = (SPILL_THRESHOLD if over is None else over), directory
+    try:
+        yield
+    finally:
+        SPILL_OVER, SPILL_DIR = saved
 
 
 def spill_wanted(nbytes: int) -> bool:

@@ -27,6 +27,11 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from features.codecs import SpillFile, spill_wanted
+from features.quiet import QuietStart, quiet_native_logs
+
+quiet_native_logs()  # before mediapipe is imported (UNISYNC_VERBOSE=1 keeps its messages)
+
 CROP_SIZE = 96
 MESH_INPUT = 256  # side of the square the face region is resized to for the face mesh
 N_LANDMARKS = 478
@@ -229,8 +234,8 @@ class _Detector:
     """MediaPipe's full-range detector on a reduced copy of the frame; boxes in frame pixels."""
 
     def __init__(self, mp, min_confidence: float, side: int):
-        self.graph = mp.solutions.face_detection.FaceDetection(
-            model_selection=1, min_detection_confidence=min_confidence)
+        self.graph = QuietStart(lambda: mp.solutions.face_detection.FaceDetection(
+            model_selection=1, min_detection_confidence=min_confidence))
         self.side = side
 
     def __call__(self, frame: np.ndarray) -> list[tuple[np.ndarray, float]]:
@@ -258,23 +263,50 @@ def prominence(box: np.ndarray, score: float, width: int, height: int) -> float:
 
 class PointStore:
     """Per-frame (478, 3) float32 points, or None where the mesh missed, kept in blocks of BLOCK
-    frames: no Python object per frame, and each block is one allocation above glibc's mmap
-    threshold (features.media), so dropping the store returns its memory to the system at once
-    (a list of per-frame arrays left ~6 KB per frame of freed heap behind)."""
+    frames (no Python object per frame). When spilling is on (features.codecs.spilling) and the
+    points pass SPILL_OVER bytes, full blocks go to a spill file as the track moves on and are
+    read back when asked for (the look-ahead and the gap filling read near the frames they
+    settle: a few blocks are cached), so a long utterance's points do not stay in memory."""
 
-    BLOCK = 256  # 1.4 MB of float32 a block
+    BLOCK = 256  # frames a block: 1.4 MB of float32, one allocation above glibc's mmap threshold
+    CACHED = 4  # blocks read back from the spill file kept in memory
 
     def __init__(self):
-        self.blocks: list[np.ndarray] = []
+        self.blocks: dict[int, np.ndarray] = {}  # block index -> its points, in memory
         self.valid = bytearray()
+        self.spill: SpillFile | None = None
+        self.on_disk = 0  # blocks [0, on_disk) are in the spill file, in order
 
     def append(self, points: np.ndarray | None) -> None:
         t = len(self.valid)
         if t % self.BLOCK == 0:
-            self.blocks.append(np.empty((self.BLOCK, N_LANDMARKS, 3), np.float32))
+            if spill_wanted(t * N_LANDMARKS * 3 * 4):
+                self._spill_before(t // self.BLOCK - 1)
+            self.blocks[t // self.BLOCK] = np.empty((self.BLOCK, N_LANDMARKS, 3), np.float32)
         if points is not None:
-            self.blocks[-1][t % self.BLOCK] = points
+            self.blocks[t // self.BLOCK][t % self.BLOCK] = points
         self.valid.append(points is not None)
+
+    def _spill_before(self, keep: int) -> None:
+        """Write the full blocks before block `keep` to the spill file and drop them."""
+        if self.spill is None:
+            self.spill = SpillFile()
+        for k in sorted(k for k in self.blocks if k < keep):
+            if k == self.on_disk:
+                self.spill.append(self.blocks[k].reshape(-1).view(np.uint8))
+                self.on_disk += 1
+            del self.blocks[k]
+
+    def _block(self, k: int) -> np.ndarray:
+        block = self.blocks.get(k)
+        if block is None:  # spilled: read it back, and drop the oldest block read back before
+            size = self.BLOCK * N_LANDMARKS * 3 * 4
+            block = np.frombuffer(self.spill.read(k * size, size), np.float32).reshape(self.BLOCK, N_LANDMARKS, 3)
+            cached = [j for j in self.blocks if j < self.on_disk]
+            if len(cached) >= self.CACHED:
+                del self.blocks[cached[0]]
+            self.blocks[k] = block
+        return block
 
     def __len__(self) -> int:
         return len(self.valid)
@@ -284,7 +316,7 @@ class PointStore:
             return [self[t] for t in range(*key.indices(len(self)))]
         if not self.valid[key]:
             return None
-        return self.blocks[key // self.BLOCK][key % self.BLOCK]
+        return self._block(key // self.BLOCK)[key % self.BLOCK]
 
     def found(self) -> np.ndarray:
         """(n,) bool: the frames where the mesh found the face."""
@@ -415,7 +447,6 @@ class FaceTracker:
     def __init__(self, max_gap: int = 5, max_missing: float = 0.2, smooth_window: int = 5,
                  min_confidence: float = 0.5, detect_every: int = DETECT_EVERY,
                  detect_side: int = DETECT_SIDE, roi_scale: float = ROI_SCALE):
-        os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's per-graph warnings drown progress
         import mediapipe as mp
 
         self.max_gap, self.max_missing, self.smooth_window = max_gap, max_missing, smooth_window
@@ -439,9 +470,9 @@ class FaceTracker:
         state = _Pass(self, makers)
         buffer: deque[tuple[int, np.ndarray]] = deque()
         n = 0
-        with self._mp.solutions.face_mesh.FaceMesh(
+        with QuietStart(lambda: self._mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=False, max_num_faces=1, refine_landmarks=True,
-                min_detection_confidence=self.min_confidence, min_tracking_confidence=0.5) as mesh:
+                min_detection_confidence=self.min_confidence, min_tracking_confidence=0.5)) as mesh:
             for t, frame in enumerate(frames):
                 state.observe(t, frame, mesh)
                 buffer.append((t, frame if makers else None))

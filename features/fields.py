@@ -161,8 +161,8 @@ class Sources:
 
     @cached_property
     def landmarks(self) -> np.ndarray:
-        """The landmarks as stored (float16 crop pixels), as float32."""
-        return landmarks_field.decode(self.landmarks_bytes).astype(np.float32)
+        """The landmarks as stored (float16 crop pixels); parsing and tdmm widen a block at a time."""
+        return landmarks_field.decode(self.landmarks_bytes)
 
     def crops(self, name: str) -> bytes:
         """The bytes a crop maker made during the tracking pass (rgb, lip)."""

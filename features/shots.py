@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from features.media import DisplayConverter
+from features.quiet import QuietStart, quiet_native_logs
+
+quiet_native_logs()  # before mediapipe is imported (UNISYNC_VERBOSE=1 keeps its messages)
 
 FPS = 25
 SHOT_WIDTH = 256
@@ -78,8 +81,8 @@ class FaceSampler:
     def __init__(self):
         import mediapipe as mp
 
-        self.detectors = [mp.solutions.face_detection.FaceDetection(model_selection=m, min_detection_confidence=0.5)
-                          for m in (0, 1)]
+        self.detectors = [QuietStart(lambda m=m: mp.solutions.face_detection.FaceDetection(
+                              model_selection=m, min_detection_confidence=0.5)) for m in (0, 1)]
 
     def __call__(self, rgb: np.ndarray) -> list[float] | None:
         found = []

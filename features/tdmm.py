@@ -170,7 +170,9 @@ def fit(utterances: list[np.ndarray], n_expression: int = 64, n_identity: int = 
 
 
 def encode(landmarks: np.ndarray, model: MorphableModel) -> dict[str, bytes]:
-    frames, identity = model.coefficients(np.asarray(landmarks, np.float32))  # no copy of float32
+    if landmarks.dtype not in (np.float16, np.float32):  # both are exact in align's float64
+        landmarks = landmarks.astype(np.float32)
+    frames, identity = model.coefficients(landmarks)
     return {"tdmm.npy": encode_npy(frames), "tdmm_id.npy": encode_npy(identity)}
 
 

@@ -9,7 +9,7 @@ matches its sidecar, a broken sidecar, or a pair that failed at job level is red
 redoes them (`--overwrite --fields X` rewrites X's tars and merges X's facts into meta).
 
 Exit codes: 0 every shard ran (utterances that failed are error rows); 1 some shard failed after
---max-retries attempts (its utterances are error rows naming the cause; re-run to retry it), or a
+--max-retries attempts (its utterances are 'incomplete', error rows name the cause; re-run to retry it), or a
 field could not run at all (its model cannot load: said once, the field's rows are
 `field_<name>` = error with stage `model`, their status unchanged; re-run once it is fixed);
 2 bad arguments, no videos, an unusable --store (a file; not writable: read-only, no permission),
@@ -439,8 +439,8 @@ def report(store: Path, dataset: str, tables: dict, frames: int, seconds: float,
               f"unchanged; fix it and re-run the same command to fill them in", file=sys.stderr)
     if failures:
         n_rows = sum(u["shard_id"] in failures for u in mine)
-        print(f"{len(failures)} shard(s) failed after their retries; their {n_rows} utterances are error rows "
-              f"(stage 'worker') naming the cause. Re-run the same command to try them again:",
+        print(f"{len(failures)} shard(s) failed after their retries; their {n_rows} utterances are 'incomplete' "
+              f"with error rows (stage 'worker') naming the cause. Re-run the same command to try them again:",
               *figures["failed_shards"], sep="\n  ", file=sys.stderr)
     return 1 if failures or job_fields else 0
 

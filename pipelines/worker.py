@@ -30,7 +30,7 @@ from pathlib import Path
 from catalog.layout import field_dir, tar_path
 from catalog.sidecar import pair_problem, read_sidecar, write_sidecar
 from catalog.tars import TarWriter, iter_members, sha256, sha256_parts
-from features.codecs import spill_members
+from features.codecs import spilling
 from features.errors import ModelUnavailable
 from features.fields import ERROR_EXT, FACE_FIELDS, FIELDS, META_EXT, Options, Sources
 from features.timebase import FPS
@@ -245,7 +245,6 @@ def extract_shard(store: str, dataset: str, shard_id: int, rows: list[dict], fie
     file as soon as it is made, so a worker holds one utterance's outputs at a time.
     """
     store = Path(store)
-    spill_members(directory=str(store))  # long utterances' frame-by-frame members build on disk
     options = options or Options()
     todo, old_meta, problems = _pending(store, dataset, shard_id, rows, fields, overwrite, verify_hashes)
     intact = {n for n, p in problems.items() if p is None}
@@ -260,6 +259,7 @@ def extract_shard(store: str, dataset: str, shard_id: int, rows: list[dict], fie
     frames = 0
     _remove_stale(store, dataset, shard_id, list(entries))
     with ExitStack() as stack:
+        stack.enter_context(spilling(str(store)))  # a long utterance's frame-by-frame members build on disk
         tars = {name: stack.enter_context(TarWriter(tar_path(store, dataset, name, shard_id))) for name in todo}
         for row in rows:
             sources = Sources(row, _tracker, stored.get(row["key"]), options, tdmm, wanted=wanted)

@@ -141,7 +141,8 @@ def test_hubert_without_a_reachable_hub_fails_at_once_with_the_fix(monkeypatch, 
 def test_a_shard_whose_worker_always_dies_ends_as_error_rows_and_the_job_exits(corpus, tmp_path):
     """Shard 3's worker dies on every attempt (os._exit, as after an OOM kill): the job makes
     1 + --max-retries attempts, ends with exit code 1 and a summary, and the shard's utterances
-    are error rows naming the cause; the store verifies, and a plain re-run retries the shard."""
+    are 'incomplete' rows (a dead worker is not their data's failure) with error rows naming the
+    cause; the store verifies, and a plain re-run retries the shard."""
     from catalog.verify import verify
 
     store = tmp_path / "store"
@@ -156,7 +157,7 @@ def test_a_shard_whose_worker_always_dies_ends_as_error_rows_and_the_job_exits(c
     utts = pq.read_table(table_path(store, "utterances")).to_pylist()
     failed = [u for u in utts if u["shard_id"] == 3]
     assert len(failed) == 2 and not any(u["utt_id"].startswith("bad/") for u in failed)
-    assert all(u["status"] == "error" for u in failed)
+    assert all(u["status"] == "incomplete" for u in failed)
     errors = [e for e in pq.read_table(table_path(store, "errors")).to_pylist() if e["shard_id"] == 3]
     assert {(e["utt_id"], e["field"]) for e in errors} == {(u["utt_id"], f) for u in failed for f in ("audio", "meta")}
     for e in errors:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalog.layout import leftovers, table_path, tar_path
-from catalog.lock import LOCK_NAME, StoreLocked, _pid_start, acquire, lock_path
+from catalog.lock import StoreLocked, _pid_start, acquire, lock_path
 from tests.conftest import REPO, noise_frames, tone, write_video
 
 EXTRACT = [sys.executable, str(REPO / "pipelines" / "extract.py"), "--dataset", "folder"]

@@ -1,14 +1,18 @@
 """Peak memory per extraction worker on large inputs, against the documented bound.
 
-    python -m benchmarks.memory [--real ../shared/corpus/real] [--minutes-1080p 5] [--seconds-4k 20]
-                                [--ray] [--json benchmarks/memory.json]
+    python -m benchmarks.memory [--real ../shared/corpus/real] [--minutes-720p 0] [--minutes-1080p 5]
+                                [--seconds-4k 20] [--ray] [--keep DIR] [--json benchmarks/memory.json]
 
-Builds, under a temporary folder (never committed), a long 1080p clip (1920x1080) and a short 4K
-clip (3840x2160) by looping the shared real clips, each upscaled to the frame height and centred
-(the face stays a realistic share of the frame), with their own audio, H.264 + AAC at 25 fps.
+Builds, under a temporary folder (never committed), a long 1080p clip (1920x1080), a short 4K
+clip (3840x2160) and, with --minutes-720p, a lecture-length 720p one, by looping the shared real
+clips, each upscaled to the frame height and centred (the face stays a realistic share of the
+frame), with their own audio, H.264 + AAC at 25 fps (one cycle encoded, then stream-copied).
 Then extracts each with every CPU field (audio rgb landmarks mel parsing tdmm lip fbank meta) by
-the real worker code in a child process (`pipelines/worker.py` on a one-utterance shard), and
-prints the child's peak RSS (the kernel's high-water mark) against `features.media.MEMORY_BOUND`.
+the real worker code in a child process (`pipelines/worker.py` on a one-utterance shard, no
+--max-seconds: the whole clip is one utterance), and prints the child's peak RSS (the kernel's
+high-water mark) against `features.media.MEMORY_BOUND`, and the stored tars' size. Between the
+two phases a worker runs (every field but tdmm, then tdmm), the morphable model tdmm needs is
+fitted in a process of its own, as the job's driver does, on FIT_FRAMES frames of the landmarks.
 `--ray` runs the real Ray job (`pipelines/extract.py`, `folder` corpus) instead and reads every
 `ray::extract_shard` worker's high-water mark from /proc while it runs.
 """
@@ -29,6 +33,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 CPU_FIELDS = ["audio", "rgb", "landmarks", "mel", "parsing", "tdmm", "lip", "fbank", "meta"]
 GIB = 1024 ** 3
+FIT_FRAMES = 4000  # frames the harness fits its morphable model on (evenly spaced over the clip)
 
 
 def build_clip(out: Path, sources: list[Path], seconds: float, width: int, height: int,
@@ -140,17 +145,14 @@ def utterance_row(video: Path, key: str = "spk__clip") -> dict:
             "shard_id": 0, "index_in_shard": 0, "start_s": None, "end_s": None, "language": ""}
 
 
-def extract_in_this_process(video: Path, store: Path, fields: list[str]) -> dict:
-    """The worker's job for one utterance, as a Ray task would run it: every field but tdmm, then
-    a morphable model fitted on the two halves of the stored landmarks, then tdmm. Returns this
-    process's peak RSS (bytes) and the utterance's meta."""
+def extract_in_this_process(video: Path, store: Path, fields: list[str], code: Path = REPO) -> dict:
+    """The worker's job for one utterance, as Ray tasks would run it in one worker process:
+    every field but tdmm, then (the model fitted elsewhere, `fit_model`) tdmm. Returns this
+    process's peak RSS (bytes), the stored tars' sizes and the utterance's meta."""
     import resource
 
-    import numpy as np
-
     from catalog.layout import tar_path
-    from features import tdmm
-    from features.fields import FIELDS, Options
+    from features.fields import Options
     from pipelines.worker import extract_shard
 
     row = utterance_row(video)
@@ -159,17 +161,34 @@ def extract_in_this_process(video: Path, store: Path, fields: list[str]) -> dict
     result = extract_shard(str(store), "folder", 0, [row], first, False, Options())
     meta = json.loads(_member(tar_path(store, "folder", "meta", 0), ".json"))
     if "tdmm" in fields and "landmarks" in fields and not meta.get("errors"):
-        lm = FIELDS["landmarks"].decode(_member(tar_path(store, "folder", "landmarks", 0), ".landmarks.npy"))
-        lm = lm.astype(np.float32)
-        model, report = tdmm.fit([lm[: len(lm) // 2], lm[len(lm) // 2:]])
         model_path = store / "models" / "tdmm-bench.npz"
-        model_path.parent.mkdir(parents=True, exist_ok=True)
-        model.save(model_path, report)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--fit-tdmm", "--code", str(code),
+                        "--store", str(store)], check=True, capture_output=True)
         extract_shard(str(store), "folder", 0, [row], ["tdmm"], False, Options(tdmm_model=model_path))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    stored = {p.parent.name: p.stat().st_size for p in store.rglob("*.tar")}
     return {"peak_rss": peak, "seconds": time.perf_counter() - started, "frames": result["frames"],
+            "stored_bytes": sum(stored.values()), "stored_bytes_by_field": stored,
             "meta": {k: meta.get(k) for k in ("n_frames", "expected_frames", "decoded_frames",
                                               "audio_coverage", "warnings", "detection_rate", "errors")}}
+
+
+def fit_model(store: Path) -> Path:
+    """The morphable model tdmm needs, fitted on FIT_FRAMES evenly spaced frames of the stored
+    landmarks. Run in a process of its own (`--fit-tdmm`): the job fits it in the driver, not in
+    a worker, so its memory is not the worker's."""
+    import numpy as np
+
+    from catalog.layout import tar_path
+    from features import tdmm
+    from features.fields import FIELDS
+
+    lm = FIELDS["landmarks"].decode(_member(tar_path(store, "folder", "landmarks", 0), ".landmarks.npy"))
+    lm = lm[::max(1, len(lm) // FIT_FRAMES)].astype(np.float32)
+    model, report = tdmm.fit([lm[: len(lm) // 2], lm[len(lm) // 2:]])
+    path = store / "models" / "tdmm-bench.npz"
+    model.save(path, report)
+    return path
 
 
 def _member(tar: Path, ext: str) -> bytes:
@@ -239,6 +258,8 @@ def measure_ray(videos: list[Path], fields: list[str], code: Path = REPO, worker
         cmd = [sys.executable, str(code / "pipelines" / "extract.py"), "--dataset", "folder",
                "--root", str(root.parent), "--store", str(store), "--workers", str(workers),
                "--shard-size", "1", "--fields", *fields]
+        if (code / "catalog" / "jobs.py").exists():  # a tree whose one-shard jobs run in-process: keep Ray
+            cmd += ["--ray", "always"]
         started = time.perf_counter()
         log = open(Path(tmp) / "job.log", "w+")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True,
@@ -273,6 +294,8 @@ def main(args: argparse.Namespace) -> int:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         clips = {}
+        if args.minutes_720p > 0:
+            clips["720p"] = (folder / f"hd720_{args.minutes_720p:g}min.mp4", args.minutes_720p * 60, 1280, 720)
         if args.minutes_1080p > 0:
             clips["1080p"] = (folder / f"hd1080_{args.minutes_1080p:g}min.mp4", args.minutes_1080p * 60, 1920, 1080)
         if args.seconds_4k > 0:
@@ -290,9 +313,10 @@ def main(args: argparse.Namespace) -> int:
             for name, (path, seconds, width, height) in clips.items():
                 r = measure_child(path, args.fields, args.code)
                 results[name] = {**r, "width": width, "height": height, "seconds_of_video": seconds}
-                print(f"{name} {width}x{height}, {seconds:g} s ({r['frames']} frames, every CPU field, "
+                print(f"{name} {width}x{height}, {seconds:g} s ({r['frames']} frames, fields {' '.join(args.fields)}, "
                       f"{r['seconds']:.0f} s): worker peak RSS {r['peak_rss'] / GIB:.2f} GiB "
-                      f"(bound {MEMORY_BOUND / GIB:.1f} GiB); warnings {r['meta']['warnings']}", flush=True)
+                      f"(bound {MEMORY_BOUND / GIB:.1f} GiB), stored {r['stored_bytes'] / 2 ** 20:.0f} MiB; "
+                      f"warnings {r['meta']['warnings']}", flush=True)
     worst = max(r["peak_rss"] for r in results.values())
     print(f"highest: {worst / GIB:.2f} GiB, {'within' if worst < MEMORY_BOUND else 'OVER'} the bound")
     if args.json:
@@ -302,7 +326,11 @@ def main(args: argparse.Namespace) -> int:
 
 def child_main(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(args.code.resolve()))
-    print("RESULT " + json.dumps(extract_in_this_process(args.video, args.store, args.fields)), flush=True)
+    if args.fit_tdmm:
+        fit_model(args.store)
+        return 0
+    print("RESULT " + json.dumps(extract_in_this_process(args.video, args.store, args.fields, args.code)),
+          flush=True)
     return 0
 
 
@@ -310,6 +338,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--real", type=Path, default=REPO.parent / "shared" / "corpus" / "real",
                    help="folder of real clips to build the large clips from (default: %(default)s)")
+    p.add_argument("--minutes-720p", type=float, default=0.0,
+                   help="length of a 1280x720 clip, e.g. 30 for a lecture-length utterance (default: none)")
     p.add_argument("--minutes-1080p", type=float, default=5.0, help="length of the 1080p clip (default: %(default)s)")
     p.add_argument("--seconds-4k", type=float, default=20.0, help="length of the 4K clip (default: %(default)s)")
     p.add_argument("--fields", nargs="+", default=CPU_FIELDS, help="fields to extract (default: every CPU field)")
@@ -321,6 +351,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep", type=Path, default=None, help="build the clips here and keep them (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--fit-tdmm", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--video", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -328,4 +359,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     _args = parse_args()
-    raise SystemExit(child_main(_args) if _args.child else main(_args))
+    raise SystemExit(child_main(_args) if _args.child or _args.fit_tdmm else main(_args))

@@ -20,7 +20,6 @@ seen yet) is made in a second pass over the frames (`reopen`), never by holding 
 """
 from __future__ import annotations
 
-import os
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
@@ -29,10 +28,10 @@ import numpy as np
 
 from features.codecs import SpillFile, spill_wanted
 from features.quiet import QuietStart, quiet_native_logs
+from features.timebase import CROP_SIZE  # noqa: F401 (re-exported: rgb.py)
 
 quiet_native_logs()  # before mediapipe is imported (UNISYNC_VERBOSE=1 keeps its messages)
 
-CROP_SIZE = 96
 MESH_INPUT = 256  # side of the square the face region is resized to for the face mesh
 N_LANDMARKS = 478
 VERSION = "mediapipe-0.10.21-track-2"

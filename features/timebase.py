@@ -5,6 +5,7 @@ FPS = 25
 SAMPLE_RATE = 16000  # Hz, every stored and decoded audio signal
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 audio samples per video frame
 WINDOW = 5  # video frames per sync window (0.2 s)
+CROP_SIZE = 96  # side in pixels of every face crop (rgb, parsing, lip) and of the landmarks' crop frame
 
 
 def window_slice(rate: int, t: int) -> slice:

@@ -3,7 +3,9 @@
     python pipelines/extract.py --dataset folder --root videos/ --store store/
     ray job submit --working-dir . -- python pipelines/extract.py --dataset lrs2 --root ... --store ...
 
-Without a cluster address (and no RAY_ADDRESS, which `ray job submit` sets) it starts a local Ray.
+Without a cluster address (and no RAY_ADDRESS, which `ray job submit` sets) it starts a local Ray;
+a corpus of one shard runs in this process instead (no Ray start-up; --ray always keeps Ray, see
+catalog/jobs.py for why that is safe and what a crash then does).
 Re-running skips intact (shard, field) pairs (catalog/sidecar.py: a tar whose SHA-256 no longer
 matches its sidecar, a broken sidecar, or a pair that failed at job level is redone); --overwrite
 redoes them (`--overwrite --fields X` rewrites X's tars and merges X's facts into meta).
@@ -37,6 +39,7 @@ import time
 from pathlib import Path
 
 from catalog.build import build_catalog
+from catalog.jobs import Runner, Task, add_runner_options, runner_from_args
 from catalog.layout import STORE_VERSION, read_store_json, write_store_json
 from catalog.lock import StoreLocked, store_lock
 from catalog.plan import DEFAULT_SHARD_MINUTES, extend_plan, read_plan, shards_of, write_plan
@@ -50,7 +53,6 @@ from pipelines.adapters import (ADAPTERS, LANGUAGES, adapter_options, list_utter
                                 skipped_of)
 from pipelines.plan_errors import without_plan_errors, write_plan_errors
 from pipelines.probe import cut_long_videos
-from pipelines.shard_failures import FAULT_ENV
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,8 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"HuBERT hub id or local directory (default: {DEFAULT_MODEL}; "
                         f"{MANDARIN_MODEL} for Mandarin corpora)")
     p.add_argument("--hubert-layer", type=int, default=-1, help="hidden layer to store (-1: last)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="concurrent shard tasks (default: every CPU Ray offers)")
+    add_runner_options(p, "concurrent shard tasks (default: every CPU Ray offers)")
     p.add_argument("--shard-minutes", type=float, default=DEFAULT_SHARD_MINUTES,
                    help="minutes of video per new shard (catalog/plan.py: durations when known, else "
                         "file size / an assumed bitrate); existing shards are kept")
@@ -76,9 +77,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-verify-hashes", dest="verify_hashes", action="store_false",
                    help="skip the SHA-256 check of stored tars against their sidecars (one read of the "
                         "fields' tars per run, in the shard tasks); sizes are still checked")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
-    p.add_argument("--ray-timeout", type=float, default=job.DEFAULT_RAY_TIMEOUT_S, metavar="S",
-                   help="seconds Ray may take to start (or to connect to --address); then exit 4")
     p.add_argument("--val", type=float, default=0.1, help="share of speakers in the val split")
     p.add_argument("--test", type=float, default=0.1, help="share of speakers in the test split")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the speaker-disjoint split")
@@ -94,30 +92,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def init_ray(address: str | None, workers: int | None, timeout_s: float = job.DEFAULT_RAY_TIMEOUT_S):
-    """Ray within `timeout_s` (job.RayStartError otherwise), with SIGINT/SIGTERM ours again after."""
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:  # a cluster (or `ray job submit`, whose working dir carries the code)
-        init = lambda: ray.init(address=address, log_to_driver=True)  # noqa: E731
-    else:  # a private local Ray: never attach to someone else's cluster on a shared host
-        env = {k: v for k, v in os.environ.items() if k == FAULT_ENV}  # the venv carries the code
-        init = lambda: ray.init(address="local", num_cpus=workers or os.cpu_count(),  # noqa: E731
-                                include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=True)
-    try:
-        return job.start_ray(init, timeout_s, local=not address)
-    finally:
-        job.install_handlers()  # ray.init sets its own SIGTERM handler
+def make_runner(args: argparse.Namespace) -> Runner:
+    """The job's task runner (catalog/jobs.py): Ray starts when a phase first needs it (or the
+    phase runs here: one shard), within --ray-timeout (job.RayStartError otherwise), with
+    SIGINT/SIGTERM ours again after ray.init (which sets its own SIGTERM handler)."""
+    return runner_from_args(args, after_start=job.install_handlers)
 
 
 def extract_shard_task(store: str, dataset: str, shard_id: int, rows: list[dict], fields: list[str],
                        overwrite: bool, options: Options, verify_hashes: bool = True) -> dict:
-    """The Ray task body: one shard (a test may ask it to die first, see shard_failures)."""
-    from pipelines.shard_failures import inject_fault
+    """The task body: one shard (pipelines.worker loads on the worker, not in the driver)."""
     from pipelines.worker import extract_shard
 
-    inject_fault(dataset, shard_id)
     return extract_shard(store, dataset, shard_id, rows, fields, overwrite, options, verify_hashes)
 
 
@@ -152,57 +138,41 @@ def _note_result(dataset: str, result: dict, failures: Failures) -> None:
         failures.fields.setdefault(field, reason)
 
 
-def run_shards(ray, store: Path, dataset: str, plan: list[dict], fields: list[str], overwrite: bool,
-               workers: int | None, max_retries: int, options: Options, gpu: bool = False,
+def run_shards(runner: Runner, store: Path, dataset: str, plan: list[dict], fields: list[str],
+               overwrite: bool, max_retries: int, options: Options, gpu: bool = False,
                verify_hashes: bool = True) -> tuple[int, Failures]:
-    """Run one task per shard with at most `workers` in flight; returns frames and the causes of
-    the shards that failed for good (with the fields that could not run, see Failures).
+    """Run one task per shard through the job runner (catalog/jobs.py: at most --workers in
+    flight); returns frames and the causes of the shards that failed for good (with the fields
+    that could not run, see Failures).
 
-    Retries are the driver's, bounded for every cause (see pipelines/shard_failures.py); a shard
-    that fails `max_retries + 1` times becomes error rows naming the cause. A pair that failed
-    last time (placeholders, a model that could not load) is not intact, so its task redoes it.
+    Retries are the driver's, bounded, by cause (catalog/jobs.py); a shard that fails for good
+    becomes error rows naming the cause (pipelines/shard_failures.py). A pair that failed last
+    time (placeholders, a model that could not load) is not intact, so its task redoes it.
     """
-    from tqdm import tqdm
+    from pipelines.shard_failures import write_failed_shard
 
-    from pipelines.shard_failures import classify, write_failed_shard
-
-    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0, retry_exceptions=False)(extract_shard_task)
-    limit = workers or max(1, int(ray.available_resources().get("CPU", 1)))
     shards = shards_of(plan)
-    pending = [(shard_id, 0) for shard_id in shards]
-    in_flight, frames, failures = {}, 0, Failures()
-    bar = tqdm(total=len(pending), desc=f"{dataset} {'+'.join(f for f in fields if f != 'meta')}",
-               unit="shard")
-    started = time.perf_counter()
-    while pending or in_flight:
-        while pending and len(in_flight) < limit:
-            shard_id, attempt = pending.pop(0)
-            ref = task.remote(str(store), dataset, shard_id, shards[shard_id], fields, overwrite, options,
-                              verify_hashes)
-            in_flight[ref] = (shard_id, attempt)
-        done, _ = ray.wait(list(in_flight), num_returns=1)
-        shard_id, attempt = in_flight.pop(done[0])
-        try:
-            result = ray.get(done[0])
-            frames += result["frames"]
-            _note_result(dataset, result, failures)
-        except Exception as exc:
-            retry, cause = classify(exc)
-            if retry and attempt < max_retries:
-                print(f"shard {dataset}-{shard_id:06d} attempt {attempt + 1} failed: {cause}; "
-                      f"retrying ({max_retries - attempt} left)", file=sys.stderr)
-                pending.append((shard_id, attempt + 1))
-                continue
-            cause = f"shard failed after {attempt + 1} attempt(s): {cause}"
-            write_failed_shard(store, dataset, shard_id, shards[shard_id], fields, cause)
-            failures[shard_id] = cause
-        bar.update(1)
-        bar.set_postfix(fps=f"{frames / max(time.perf_counter() - started, 1e-9):.1f}")
-    bar.close()
-    return frames, failures
+    failures, done, started = Failures(), {"frames": 0}, time.perf_counter()
+
+    def finished(task: Task, result: dict) -> None:
+        done["frames"] += result["frames"]
+        _note_result(dataset, result, failures)
+
+    def failed(task: Task, cause: str) -> None:
+        shard_id = task.args[2]
+        write_failed_shard(store, dataset, shard_id, shards[shard_id], fields, cause)
+        failures[shard_id] = cause
+
+    tasks = [Task(f"{dataset}-{shard_id:06d}", (str(store), dataset, shard_id, shards[shard_id], fields, overwrite,
+                                                options, verify_hashes)) for shard_id in shards]
+    runner.run(extract_shard_task, tasks, desc=f"{dataset} {'+'.join(f for f in fields if f != 'meta')}",
+               unit="shard", max_retries=max_retries, num_gpus=1 if gpu else 0, on_result=finished,
+               on_failure=failed,
+               postfix=lambda: {"fps": f"{done['frames'] / max(time.perf_counter() - started, 1e-9):.1f}"})
+    return done["frames"], failures
 
 
-def extract_fields(ray, store: Path, args: argparse.Namespace, plan: list[dict], fields: list[str]
+def extract_fields(runner: Runner, store: Path, args: argparse.Namespace, plan: list[dict], fields: list[str]
                    ) -> tuple[int, Failures]:
     """Run the fields in dependency order: the per-shard fields first; then, once the corpus's
     landmarks are stored, fit the morphable model and extract tdmm; then the GPU fields in
@@ -213,19 +183,19 @@ def extract_fields(ray, store: Path, args: argparse.Namespace, plan: list[dict],
     from pipelines.shard_failures import write_failed_shard
 
     options = Options(hubert_model=hubert_model(args), hubert_layer=args.hubert_layer)
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    has_gpu = runner.has_gpu(len(shards_of(plan)))  # in this process: every field in one phase
     on_gpu = [f for f in fields if f in FIELDS and FIELDS[f].gpu and has_gpu]
     first = [f for f in fields if f != "tdmm" and f not in on_gpu]
     meta = ["meta"] if "meta" in fields else []
-    run = dict(overwrite=args.overwrite, workers=args.workers, max_retries=args.max_retries,
+    run = dict(overwrite=args.overwrite, max_retries=args.max_retries,
                verify_hashes=getattr(args, "verify_hashes", True))
-    frames, failures = run_shards(ray, store, args.dataset, plan, first, options=options, **run)
+    frames, failures = run_shards(runner, store, args.dataset, plan, first, options=options, **run)
     later = [(["tdmm"] if "tdmm" in fields else [], False), (on_gpu, True)]
     for phase, gpu in ((f, g) for f, g in later if f):
         rest = [r for r in plan if r["shard_id"] not in failures]
         if phase == ["tdmm"]:
             options.tdmm_model = ensure_tdmm_model(store, args.dataset, rest, refit=args.overwrite)
-        more, failed = run_shards(ray, store, args.dataset, rest, phase + meta, options=options, gpu=gpu, **run)
+        more, failed = run_shards(runner, store, args.dataset, rest, phase + meta, options=options, gpu=gpu, **run)
         frames, failures = frames + more, failures.merge(failed)
     shards = shards_of(plan)
     for shard_id, cause in failures.items():  # the later phases' fields of a failed shard: error rows too
@@ -256,7 +226,7 @@ def _main(args: argparse.Namespace, store: Path, session: dict) -> int:
             finally:
                 with job.signals_ignored():  # clean-up runs to its end, even on a second Ctrl-C
                     if session["ray"] is not None:
-                        job.shutdown_ray(session["ray"])  # its workers die with it
+                        session["ray"].close()  # the Ray it started, if any: its workers die with it
                     job.remove_leftovers(store, local=not (args.address or os.environ.get("RAY_ADDRESS")))
                     if session.get("rebuild"):  # ended early: the catalog catches up with what is stored
                         job.rebuild_catalog(session["rebuild"])
@@ -311,10 +281,10 @@ def run(args: argparse.Namespace, store: Path, session: dict) -> int:
     if not utterances:
         raise job.UsageError(f"no videos found under {args.root} for dataset {args.dataset!r}")
     probe_figures = None
-    if probes_long_videos(args):  # the probe pass needs Ray before the plan is fixed
-        session["ray"] = init_ray(args.address, args.workers, args.ray_timeout)
+    session["ray"] = make_runner(args)  # Ray starts when a phase first needs it
+    if probes_long_videos(args):  # the probe pass runs before the plan is fixed
         utterances, probe_figures = cut_long_videos(session["ray"], store, args.dataset, utterances, existing,
-                                                    args.max_seconds, args.workers)
+                                                    args.max_seconds)
     with job.usage_errors():  # --shard-minutes / --shard-size out of range
         dataset_plan = extend_plan(existing, args.dataset, utterances, args.shard_size, args.shard_minutes)
     plan = [r for r in existing if r["dataset"] != args.dataset] + dataset_plan
@@ -324,8 +294,6 @@ def run(args: argparse.Namespace, store: Path, session: dict) -> int:
                                   seed=args.split_seed)
     session["rebuild"] = build  # from here on the store differs from its catalog until the build
     write_plan_errors(store, args.dataset, dataset_plan, fields)
-    if session["ray"] is None:
-        session["ray"] = init_ray(args.address, args.workers, args.ray_timeout)
 
     started = time.perf_counter()
     frames, failures = extract_fields(session["ray"], store, args, without_plan_errors(dataset_plan), fields)
@@ -345,7 +313,8 @@ def probes_long_videos(args: argparse.Namespace) -> bool:
 
 
 def update_store_json(store: Path, args: argparse.Namespace, fields: list[str]) -> list[str]:
-    """Record the timebase and every field's version in store.json; returns the store's fields.
+    """Record the timebase, the split settings the catalog is built with (the sync pass rebuilds it
+    with them) and every field's version in store.json; returns the store's fields.
 
     The hubert model is not recorded here, before anything is made with it: record_provenance
     records what the stored rows were made with once the fields have run.
@@ -353,6 +322,7 @@ def update_store_json(store: Path, args: argparse.Namespace, fields: list[str]) 
     info = read_store_json(store)
     store_fields = sorted(set(info.get("fields", {})) | set(fields), key=lambda f: (f == "meta", f))
     info.update(version=STORE_VERSION, timebase={"fps": FPS, "sample_rate": 16000, "window": WINDOW},
+                splits={"val": args.val, "test": args.test, "seed": args.split_seed},
                 fields={f: {"version": FIELDS[f].version, "ext": FIELDS[f].ext, "rate": FIELDS[f].rate}
                         if f in FIELDS else {"version": "meta-1", "ext": "json", "rate": None}
                         for f in store_fields})

@@ -1,5 +1,5 @@
 """The shell around a job that writes a store: checks before anything starts, the store lock,
-signals, Ray's start-up, and clean-up however the job ends.
+signals, Ray's start-up (catalog/jobs.py's, re-exported here), and clean-up however the job ends.
 
 Exit codes (pipelines/extract.py documents them for users):
 
@@ -24,12 +24,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from catalog.jobs import DEFAULT_RAY_TIMEOUT_S, RayStartError, shutdown_ray, start_ray  # noqa: F401 (Ray's start-up: the job runner's)
 from catalog.layout import leftovers
 
 EXIT_OK, EXIT_SHARDS, EXIT_USAGE, EXIT_IO, EXIT_RAY = 0, 1, 2, 3, 4
-DEFAULT_RAY_TIMEOUT_S = 120.0
 WORKER_EXIT_WAIT_S = 10.0
-GCS_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"  # Ray's own knob (ray/_private/node.py)
 
 
 class UsageError(Exception):
@@ -49,20 +48,12 @@ class StoreUnusable(Exception):
     """The store cannot be written at all (checked before anything starts): exit 2."""
 
 
-class RayStartError(Exception):
-    """Ray did not start or connect in time: exit 4."""
-
-
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM arrived; `signum` says which (exit 128 + signum)."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-class _StartTimeout(BaseException):
-    """Raised into ray.init by SIGALRM: not an Exception, so Ray's own retry loops let it pass."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,76 +146,6 @@ def signals_ignored() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-# ---------------------------------------------------------------------------------------------
-# Ray
-# ---------------------------------------------------------------------------------------------
-def start_ray(init: Callable[[], object], timeout_s: float, local: bool):
-    """Call `init` (a ray.init) within `timeout_s` seconds; returns the ray module.
-
-    Ray's local start-up waits up to RAY_gcs_server_port_wait_time_s (30 s by default) for its GCS
-    and a fixed 30 s for the raylet to register (ray/_private/node.py); on a loaded machine either
-    can run out. The first is set to the time left; a start that fails on a timeout is retried
-    while time is left; a SIGALRM ends the attempt when the whole budget is spent.
-    """
-    import ray
-
-    import threading
-
-    deadline = time.monotonic() + timeout_s
-    attempt, last, timed_out = 0, None, True
-    if threading.current_thread() is not threading.main_thread():  # no signals: Ray's own waits bound it
-        init()
-        return ray
-    old_alarm = signal.signal(signal.SIGALRM, _alarm)
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            attempt += 1
-            ours = local and GCS_WAIT_ENV not in os.environ
-            if ours:
-                os.environ[GCS_WAIT_ENV] = str(max(1, int(left)))
-            signal.setitimer(signal.ITIMER_REAL, left)
-            try:
-                init()
-                return ray
-            except _StartTimeout:
-                last = f"still starting after {timeout_s:g} s"
-                break
-            except Exception as exc:
-                last = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-                if not local or "timed out" not in last.lower() and "timeout" not in last.lower():
-                    timed_out = False
-                    break
-                print(f"warning: Ray start attempt {attempt} failed ({last}); retrying", file=sys.stderr)
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                if ours:
-                    os.environ.pop(GCS_WAIT_ENV, None)
-            shutdown_ray(ray)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old_alarm)
-    shutdown_ray(ray)
-    what = "start a local Ray" if local else "connect to the Ray cluster"
-    if not timed_out:
-        raise RayStartError(f"could not {what}: {last}")
-    raise RayStartError(f"could not {what} within --ray-timeout {timeout_s:g} s ({last}); the machine "
-                        f"may be overloaded: run again, or give more time with --ray-timeout")
-
-
-def _alarm(_signum, _frame) -> None:
-    raise _StartTimeout()
-
-
-def shutdown_ray(ray) -> None:
-    try:
-        ray.shutdown()
-    except Exception:
-        pass
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from dataclasses import fields as dataclass_fields
 from dataclasses import replace
 from pathlib import Path
 
+from catalog.jobs import Runner, Task
 from catalog.tars import write_atomic
 from features.shots import VERSION, FaceSampler, Probe, cut_points, header_duration, probe_video
 from pipelines.adapters import Utterance
@@ -91,37 +92,29 @@ def segments_of(utt: Utterance, entry: dict, max_seconds: float) -> list[Utteran
             for k, (start, end, _) in enumerate(cuts)]
 
 
-def run_probes(ray, store: Path, dataset: str, videos: list[str], max_seconds: float, workers: int | None
+def run_probes(runner: Runner, store: Path, dataset: str, videos: list[str], max_seconds: float
                ) -> dict[str, dict]:
-    """video_path -> probe entry, probing in Ray tasks (BATCH videos each, at most `workers` at once).
+    """video_path -> probe entry, BATCH videos a task of the job runner (catalog/jobs.py: Ray, or
+    this process for one batch).
 
-    A task whose worker dies is not retried (no retry loop to bound): its videos are planned
-    whole, and the extraction's bounded retries and error rows take it from there."""
-    from tqdm import tqdm
+    A task whose worker dies is not retried (max_retries 0: a probe is planning, not the work):
+    its videos are planned whole, and the extraction's bounded retries and error rows take it
+    from there."""
+    entries: dict[str, dict] = {}
 
-    task = ray.remote(num_cpus=1, max_retries=0)(probe_sources)
-    limit = workers or max(1, int(ray.available_resources().get("CPU", 1)))
-    pending = [videos[i:i + BATCH] for i in range(0, len(videos), BATCH)]
-    in_flight, entries = {}, {}
-    bar = tqdm(total=len(videos), desc=f"{dataset} probe", unit="video")
-    while pending or in_flight:
-        while pending and len(in_flight) < limit:
-            batch = pending.pop(0)
-            in_flight[task.remote(str(store), dataset, batch, max_seconds)] = batch
-        done, _ = ray.wait(list(in_flight), num_returns=1)
-        batch = in_flight.pop(done[0])
-        try:
-            entries.update({e["video_path"]: e for e in ray.get(done[0])})
-        except Exception as exc:
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            entries.update({v: {"video_path": v, "error": f"probe task failed: {first}"} for v in batch})
-        bar.update(len(batch))
-    bar.close()
+    def failed(task: Task, cause: str) -> None:
+        entries.update({v: {"video_path": v, "error": f"probe task failed: {cause}"} for v in task.args[2]})
+
+    tasks = [Task(f"{dataset}-probe-{i // BATCH}", (str(store), dataset, videos[i:i + BATCH], max_seconds),
+                  size=len(videos[i:i + BATCH])) for i in range(0, len(videos), BATCH)]
+    runner.run(probe_sources, tasks, desc=f"{dataset} probe", unit="video", max_retries=0,
+               on_result=lambda task, found: entries.update({e["video_path"]: e for e in found}),
+               on_failure=failed)
     return entries
 
 
-def cut_long_videos(ray, store: Path, dataset: str, utterances: list[Utterance], planned: list[dict],
-                    max_seconds: float, workers: int | None = None) -> tuple[list[Utterance], dict]:
+def cut_long_videos(runner: Runner, store: Path, dataset: str, utterances: list[Utterance], planned: list[dict],
+                    max_seconds: float) -> tuple[list[Utterance], dict]:
     """The utterances to plan: planned ones as planned, new long videos cut; and the probe's figures."""
     by_source: dict[str, list[dict]] = {}  # source utt_id -> its planned rows (whole, or its _segNN)
     for row in sorted((r for r in planned if r["dataset"] == dataset), key=lambda r: r["utt_id"]):
@@ -130,7 +123,7 @@ def cut_long_videos(ray, store: Path, dataset: str, utterances: list[Utterance],
     fresh = [u for u in utterances if u.start_s is None and u.utt_id not in by_source]
     todo = sorted({u.video_path for u in fresh})
     started = time.perf_counter()
-    entries = run_probes(ray, store, dataset, todo, max_seconds, workers) if todo else {}
+    entries = run_probes(runner, store, dataset, todo, max_seconds) if todo else {}
     out, no_face = [], []
     for utt in utterances:
         if utt.start_s is not None:

@@ -135,3 +135,130 @@ def test_hd_clip_every_cpu_field_within_the_memory_bound(tmp_path):
     assert meta["n_frames"] == 25 * HD_SECONDS and not meta["errors"], meta
     assert meta["detection_rate"] >= 0.99 and meta["warnings"] == []
     assert report["peak_rss"] < HD_BOUND, f"peak RSS {report['peak_rss'] / 2 ** 30:.2f} GiB"
+
+
+# -- long utterances: the chunked and spilled paths store the same bytes ---------------------------
+LONG_FIELDS = ["audio", "rgb", "landmarks", "mel", "parsing", "lip", "fbank", "meta"]
+
+
+def store_files(store: Path) -> dict[str, bytes]:
+    """Every file of a store by relative path (tars, sidecars, reports)."""
+    return {p.relative_to(store).as_posix(): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+def long_utterance_paths(monkeypatch) -> list:
+    """Make a 5 s clip take every path a long utterance takes: every member spilled, the points
+    spilled in 16-frame blocks, mel / fbank / parsing / landmarks / tdmm in small chunks.
+    Returns the spill files made (to check they were)."""
+    from features import codecs, face, fbank, landmarks, mel, parsing, tdmm
+
+    made = []
+    init = codecs.SpillFile.__init__
+
+    def counted(self):
+        init(self)
+        made.append(self)
+
+    monkeypatch.setattr(codecs.SpillFile, "__init__", counted)
+    monkeypatch.setattr(codecs, "SPILL_THRESHOLD", 0)
+    monkeypatch.setattr(codecs, "READ_BLOCK", 4096)
+    monkeypatch.setattr(face.PointStore, "BLOCK", 16)
+    monkeypatch.setattr(face, "LANDMARK_BLOCK", 11)
+    monkeypatch.setattr(mel, "CHUNK_FRAMES", 37)
+    monkeypatch.setattr(fbank, "CHUNK_ROWS", 53)
+    monkeypatch.setattr(parsing, "BLOCK", 10)
+    monkeypatch.setattr(landmarks, "BLOCK", 7)
+    monkeypatch.setattr(tdmm, "CHUNK_FRAMES", 40)
+    return made
+
+
+def test_long_utterance_paths_store_the_same_bytes(talking_clip, tmp_path, monkeypatch):
+    """The worker with every member spilled and every feature chunked writes byte-identical tars
+    and sidecars (sha256 and sizes taken from the spill files), and leaves no spill file behind."""
+    from benchmarks.memory import utterance_row
+    from catalog.layout import tar_path
+    from catalog.tars import read_member
+    from features import codecs, tdmm
+    from features.fields import FIELDS
+    from pipelines.worker import extract_shard
+
+    row = utterance_row(talking_clip)
+    extract_shard(str(tmp_path / "plain"), "folder", 0, [row], LONG_FIELDS)
+    plain = store_files(tmp_path / "plain")
+    lm = FIELDS["landmarks"].decode(read_member(tar_path(tmp_path / "plain", "folder", "landmarks", 0),
+                                                row["key"])["landmarks.npy"])
+    model, _ = tdmm.fit([lm[: len(lm) // 2], lm[len(lm) // 2:]])
+    whole = tdmm.encode(lm, model)
+
+    made = long_utterance_paths(monkeypatch)
+    extract_shard(str(tmp_path / "long"), "folder", 0, [row], LONG_FIELDS)
+    long = store_files(tmp_path / "long")
+    assert len(made) >= 4  # rgb, lip, landmarks and the tracker's points went to spill files
+    assert codecs.SPILL_OVER is None  # spilling ends with the worker's block
+    assert sorted(long) == sorted(plain)  # no spill file left in the store
+    for name in plain:
+        assert long[name] == plain[name], f"{name} differs between the in-memory and the long-utterance path"
+    assert tdmm.encode(lm, model) == whole  # tdmm in 40-frame chunks, two passes
+    assert len(lm) == 125 and lm.dtype == np.float16
+
+
+@pytest.mark.skipif(not any(REAL_CORPUS.glob("*/*.mp4")), reason=f"real clips not found at {REAL_CORPUS}")
+def test_chunked_audio_features_equal_the_one_shot_ones(monkeypatch):
+    """mel (overlapping STFT frames, reflect padding rebuilt at the true edges) and fbank in
+    chunks equal the one-shot computation bit for bit on real speech, at every chunk boundary
+    and for lengths around a hop."""
+    from features import fbank, mel
+    from features.media import decode_audio
+
+    audio = decode_audio(sorted(REAL_CORPUS.glob("*/*.mp4"))[0])[0]
+    for cut, chunks in ((len(audio) - 16000, (1, 2)), (0, (7, 250)), (199, (250,)), (401, (250,)), (6417, (99,))):
+        clip = audio[:len(audio) - cut]
+        monkeypatch.setattr(mel, "CHUNK_FRAMES", 10 ** 9)
+        monkeypatch.setattr(fbank, "CHUNK_ROWS", 10 ** 9)
+        one_mel, one_fbank = mel.wav2lip_mel(clip), fbank.log_fbank(clip)
+        for chunk in chunks:
+            monkeypatch.setattr(mel, "CHUNK_FRAMES", chunk)
+            monkeypatch.setattr(fbank, "CHUNK_ROWS", chunk)
+            assert np.array_equal(mel.wav2lip_mel(clip), one_mel), (cut, chunk)
+            assert np.array_equal(fbank.log_fbank(clip), one_fbank), (cut, chunk)
+    assert one_mel.shape == (80, 1 + len(clip) // 200) and one_fbank.shape == (len(clip) // 160, 26)
+
+
+def whole_clip_landmarks(points: list, found: np.ndarray, boxes_c: np.ndarray, max_gap: int) -> np.ndarray:
+    """The whole-clip rule crop_landmarks replaces: stack, fill gaps, hold, move into the crops."""
+    from features.face import CROP_SIZE, N_LANDMARKS, fill_gaps, hold_nearest
+
+    zero = np.zeros((N_LANDMARKS, 3), np.float32)
+    pts, filled = fill_gaps(np.stack([zero if p is None else p for p in points]), found, max_gap)
+    pts = hold_nearest(pts, filled)
+    origin = boxes_c[:, :2] - boxes_c[:, 2:3] / 2
+    scale = (CROP_SIZE / boxes_c[:, 2])[:, None]
+    pts[:, :, :2] = (pts[:, :, :2] - origin[:, None, :]) * scale[:, :, None]
+    pts[:, :, 2] = pts[:, :, 2] * scale
+    return pts.astype(np.float16)
+
+
+def test_block_landmarks_equal_the_whole_clip_rule(monkeypatch):
+    """Gaps short and long, at the edges and inside, through a PointStore that spills: the
+    landmarks made a block at a time are the whole-clip rule's, bit for bit."""
+    from features import codecs, face
+
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(face.PointStore, "BLOCK", 32)
+    for trial, n in enumerate((1, 7, 300, 700)):
+        found = rng.random(n) > 0.15
+        if n > 100:
+            found[40:40 + 60 * trial] = False  # a gap too long to interpolate: held
+        found[:2] = trial % 2 == 0
+        found[-3:] = False
+        found[n // 2] = True
+        points = [(rng.random((face.N_LANDMARKS, 3)) * 900).astype(np.float32) if f else None for f in found]
+        boxes_c = np.column_stack([rng.random((n, 2)) * 500 + 200, rng.random(n) * 300 + 60])
+        store = face.PointStore()
+        with codecs.spilling(over=0):
+            for p in points:
+                store.append(p)
+        monkeypatch.setattr(face, "LANDMARK_BLOCK", 1 + trial * 50)
+        got = face.crop_landmarks(store, store.found(), boxes_c, 5)
+        assert got.tobytes() == whole_clip_landmarks(points, found, boxes_c, 5).tobytes(), n
+        assert n < 100 or store.on_disk > 0

@@ -48,7 +48,7 @@ def test_score_cli_on_synthetic_clips(tmp_path, weights, capsys):
     assert [(m["protocol"], m["videos"], m["scored"]) for m in report["means"]] == [("pipeline", 2, 1)]
     scored = [r for r in report["rows"] if not r["error"]]
     assert all(len(r["mean_dist"]) == 31 and len(r["framewise_confidence"]) == 25 for r in scored)
-    assert len(list(plots.glob("*.png"))) == 1
+    assert [q.name for q in plots.glob("*.png")] == [f"{clips[0].stem}.syncnet.pipeline.png"]  # the stem, no path
     assert "LSE-D" in capsys.readouterr().out
     # the saved pipeline crops score to the same figures under protocol `none`
     [saved] = list(crops.glob("*.mkv"))
@@ -57,6 +57,17 @@ def test_score_cli_on_synthetic_clips(tmp_path, weights, capsys):
     [pipeline] = ok
     assert (again["offset"], again["lse_d"], again["lse_c"], again["frames_scored"]) == \
         (pipeline["offset"], pipeline["lse_d"], pipeline["lse_c"], pipeline["frames_scored"])
+
+
+def test_plot_names_are_stems_with_a_hash_only_where_two_collide():
+    from training.sync.plots import plot_stems
+
+    stems = plot_stems(["/data/spk1/clip.mp4", "/data/spk2/clip.mp4", "/data/other take.mp4",
+                        "/data/spk1/clip.mp4"])
+    assert stems["/data/other take.mp4"] == "other_take"
+    a, b = stems["/data/spk1/clip.mp4"], stems["/data/spk2/clip.mp4"]
+    assert a != b and a.startswith("clip-") and b.startswith("clip-") and len(a) == len("clip-") + 6
+    assert plot_stems(["/data/spk1/clip.mp4"]) == {"/data/spk1/clip.mp4": "clip"}
 
 
 def test_score_cli_errors(tmp_path, weights, capsys):

@@ -31,7 +31,7 @@ def test_sync_sidecar_columns_reach_the_catalog_and_sql(store_and_checkpoint):
     from catalog.build import build_catalog
     from catalog.plan import read_plan
     from training.sync.sync_pass import COLUMNS, is_done, score_shard
-    from training.data import read_catalog
+    from catalog.reader import read_catalog
 
     store, ckpt, dataset = store_and_checkpoint
     spec = f"unisync:{ckpt}"
@@ -83,7 +83,7 @@ def test_sync_pass_command_help_and_bad_specs(tmp_path, capsys):
     assert done.value.code == 0
     shown = " ".join(capsys.readouterr().out.split())
     assert "--scorer NAME:PATH" in shown and "'syncnet:WEIGHTS' or 'unisync:CHECKPOINT'" in shown
-    assert "(default: cpu)" in shown and "(default: None)" not in shown
+    assert "(default: auto)" in shown and "(default: None)" not in shown
     assert main(["--store", str(tmp_path), "--scorer", "wav2lip:/x"]) == 2  # before any Ray start
     assert "must be 'syncnet:WEIGHTS' or 'unisync:CHECKPOINT'" in capsys.readouterr().err
     assert main(["--store", str(tmp_path), "--scorer", f"syncnet:{tmp_path / 'absent.model'}"]) == 2
@@ -99,3 +99,54 @@ def test_extract_sends_the_sync_pass_to_its_own_command(tmp_path, capsys, flags)
     assert rc == 2 and len(err.splitlines()) == 1
     assert "python -m training.sync.sync_pass --store " in err and "--scorer unisync:" in err
     assert not (tmp_path / "s").exists()  # nothing was planned or extracted
+
+
+def test_sync_pass_on_an_extracted_store_of_one_shard(tmp_path, capsys):
+    """A real store of one shard (3 synthetic speakers, extracted in this process: one shard needs
+    no Ray), scored by both registry scorers through the store's reader: in this process too (Ray
+    never starts), every utterance scored, and the catalog rebuilt with the split settings the
+    store was extracted with (store.json), not the sync pass's own; an option given overrides them."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from catalog.layout import read_store_json, table_path
+    from catalog.splits import speaker_disjoint_splits
+    from pipelines.extract import main as extract
+    from pipelines.synthetic import generate_corpus
+    from training.model import UniSync
+    from training.runtime import model_config
+    from training.sync.sync_pass import main as sync_pass
+    from training.sync.syncnet import save_random_weights
+
+    if ray.is_initialized():
+        pytest.skip("another test left Ray running in this process (the runner would use it)")
+    generate_corpus(tmp_path / "corpus", n_speakers=3, n_utterances=1, min_seconds=1.0, max_seconds=1.2,
+                    size=128, progress=False)
+    store = tmp_path / "store"
+    assert extract(["--dataset", "folder", "--root", str(tmp_path / "corpus"), "--store", str(store),
+                    "--fields", "audio", "mel", "landmarks", "meta", "--val", "0.34", "--test", "0.34",
+                    "--split-seed", "5"]) == 0
+    assert read_store_json(store)["splits"] == {"val": 0.34, "test": 0.34, "seed": 5}
+    splits = lambda: {r["speaker_id"]: r["split"] for r in pq.read_table(table_path(store, "utterances")).to_pylist()}  # noqa: E731
+    extracted = splits()
+    assert extracted == speaker_disjoint_splits(list(extracted), 0.34, 0.34, seed=5)
+    default = speaker_disjoint_splits(list(extracted))  # what the sync pass's own defaults would give
+    assert default != extracted, "the test needs a seed whose split differs from the default one"
+    torch.manual_seed(0)
+    model = UniSync("mel_landmarks", width=0.25)
+    ckpt = tmp_path / "random.pt"
+    torch.save({"model": model.state_dict(), "config": model_config(model), "args": {}, "step": 0}, ckpt)
+    weights = save_random_weights(tmp_path / "syncnet_v2.model", seed=1)
+    capsys.readouterr()
+    for spec in (f"unisync:{ckpt}", f"syncnet:{weights}"):
+        assert sync_pass(["--store", str(store), "--scorer", spec, "--overwrite"]) == 0
+        [report] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert report["scored"] == 3 and report["failed_shards"] == [], report
+        rows = pq.read_table(table_path(store, "utterances")).to_pylist()
+        assert all(r["sync_scorer"].startswith(spec.split(":")[0] + ":") for r in rows)
+        assert all(-15 <= r["sync_offset"] <= 15 and r["sync_confidence"] >= 0 for r in rows)
+        assert splits() == extracted, "the rebuilt catalog keeps the store's splits"
+    assert not ray.is_initialized(), "a store of one shard is scored without starting Ray"
+    assert sync_pass(["--store", str(store), "--scorer", f"syncnet:{weights}", "--split-seed", "0"]) == 0
+    assert splits() == speaker_disjoint_splits(list(extracted), 0.34, 0.34, seed=0), \
+        "an option given replaces its recorded setting, the others stay"

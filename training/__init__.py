@@ -14,6 +14,7 @@
     config.py    TrainConfig: a run's typed settings and fit.py's command line
     runtime.py   device, autocast, ranks (DDP), checkpoints
     fit.py       the training script (python training/fit.py --help; torchrun) and `train(config)`
+    progress.py  fit.py's progress bar: steps, or the nearer end of --max-minutes and --steps
     ablate.py    the paper's Table IV / Table V grid on a store
 
     sync/        the sync wing: scorers (SyncNet, UniSync) behind one registry, scoring, the

@@ -18,8 +18,8 @@ def _opt(default, help: str, **cli):
 
 @dataclass
 class TrainConfig:
-    combo: str = _opt(MISSING, "<audio>_<visual> representations ('all': --print-model only)",
-                      choices=COMBOS + ("all",), required=True)
+    combo: str = _opt(MISSING, f"<audio>_<visual> representations: {', '.join(COMBOS)} ('all': "
+                               "--print-model only)", choices=COMBOS + ("all",), required=True, metavar="COMBO")
     store: str | None = _opt(None, "store root (holds catalog/ and shards/)")
     out: str | None = _opt(None, "run directory for checkpoints and metrics")
     steps: int = _opt(20000, "optimiser steps (total, resume included)")

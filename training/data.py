@@ -37,9 +37,8 @@ from catalog.reader import (ROW_COLUMNS, Shard, StoreError, decode_member, ext_o
                             field_spec, frames_covered, npy_view, plan_of, rate_of, read_catalog,
                             rows_by_shard, select_rows, shard_list, shard_plan)
 from catalog.reader import length_of as _length  # noqa: F401 (training/sync/scorers.py)
-from features.timebase import WINDOW
+from features.timebase import CROP_SIZE, WINDOW
 
-CROP = 96  # face crops (rgb, parsing, landmarks coordinates) are 96 x 96 pixels
 LANDMARK_SCALE = 4.0  # centred landmark deltas are a few pixels: x4 after mapping to [-1, 1]
 # tdmm rows: rotation (3, radians), translation (3, crop px), scale (1), expression (crop px)
 TDMM_POSE = 7
@@ -79,10 +78,10 @@ def norm_of(name: str, value: np.ndarray, center: bool = True) -> tuple[Any, Any
     if name == "landmarks":
         if center:
             mean = value.astype(np.float32).mean(axis=0)
-            return mean, np.float32(LANDMARK_SCALE / (CROP / 2))
-        return np.float32(CROP / 2), np.float32(1.0 / (CROP / 2))
+            return mean, np.float32(LANDMARK_SCALE / (CROP_SIZE / 2))
+        return np.float32(CROP_SIZE / 2), np.float32(1.0 / (CROP_SIZE / 2))
     if name == "tdmm":
-        scale = np.full(value.shape[1], LANDMARK_SCALE / (CROP / 2), np.float32)
+        scale = np.full(value.shape[1], LANDMARK_SCALE / (CROP_SIZE / 2), np.float32)
         scale[:3] = LANDMARK_SCALE
         scale[6] = LANDMARK_SCALE
         offset = value.astype(np.float32).mean(axis=0) if center else np.zeros(value.shape[1], np.float32)

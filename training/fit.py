@@ -12,9 +12,11 @@ with and without overlap, or cross-speaker), model, optimiser (the paper's Adam)
 (margin BCE, bf16 autocast on CUDA, DDP under torchrun), evaluation on fixed held-out pairs
 every --eval-every steps (rank 0) and checkpoints. Every rank runs exactly --steps steps of
 --batch-size pairs; the --max-minutes stop is agreed by all ranks each step, so no rank waits on
-one that has stopped.
+one that has stopped; under --max-minutes the progress bar follows the nearer end, budget or
+--steps (training/progress.py).
 
-Writes to --out (rank 0):
+Writes to --out (rank 0; the folder is made only once the data, the model and any --resume
+checkpoint are known to be good, so a failed start leaves no empty run folder behind):
     checkpoint.pt   last state: model, optimiser, step, settings, every rank's loader positions
                     and the torch RNG state: --resume continues exactly where it stopped
     best.pt         the weights with the best val balanced accuracy so far
@@ -28,12 +30,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from training.combos import COMBOS, combo_fields, parse_combo
 from training.config import TrainConfig, build_parser, parse_args  # noqa: F401 (re-exported)
@@ -41,7 +43,8 @@ from training.data import StoreError, Utterance, load_splits
 from training.evaluate import evaluate, full_report, held_out_set
 from training.loader import RankData, default_workers, prepare_utterances
 from training.loss import make_optimizer, margin_bce, margins_for
-from training.model import UniSync, count_parameters, describe
+from training.model import SEQUENCE_DIMS, UniSync, count_parameters, describe
+from training.progress import Progress
 from training.runtime import (CheckpointError, Dist, autocast, load_checkpoint,  # noqa: F401
                               read_checkpoint, save_checkpoint)
 
@@ -63,14 +66,28 @@ def print_model(cfg: TrainConfig) -> list[dict]:
 
 
 def row_size(utt: Utterance, name: str) -> int | None:
-    """Row size of a sequence representation as stored (landmarks 478*3, tdmm, hubert)."""
-    if name not in ("landmarks", "tdmm", "hubert"):
+    """Row size of a sequence representation as stored (landmarks 478*3, tdmm, hubert): what the
+    model's per-row MLP takes (training/model.py SEQUENCE_DIMS); None for the others."""
+    if name not in SEQUENCE_DIMS:
         return None
-    shape = utt.data[name].shape
-    return int(shape[1] * shape[2]) if name == "landmarks" else int(shape[-1])
+    return math.prod(utt.data[name].shape[1:])
 
 
 RESUME_KEYS = ("model", "optimizer", "step")
+
+
+class RunError(Exception):
+    """--out cannot hold a run (a file, or not writable): said before any data is read."""
+
+
+def check_run_folder(out: Path) -> None:
+    """Fail early on an --out that could never be written; the folder itself is made only once
+    data, model and checkpoint are known to be good, so a failed start leaves nothing behind."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a run folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"--out {out}: cannot write in {existing}")
 
 
 def read_resume(path: Path, device: torch.device | str = "cpu") -> dict:
@@ -89,10 +106,9 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.combo == "all" or not cfg.store or not cfg.out:
         raise SystemExit("fit.py: training needs one --combo, --store and --out")
     started = time.perf_counter()
+    check_run_folder(Path(cfg.out))
     dist = Dist(cfg.device)
-    device, master, out = dist.device, dist.master, Path(cfg.out)
-    if master:
-        out.mkdir(parents=True, exist_ok=True)
+    device, master, out = dist.device, dist.master, Path(cfg.out)  # --out is made once the run can start
     # on a CPU the model step, not the loader, is the bottleneck: cut in-process, torch takes the cores
     workers = cfg.workers if cfg.workers is not None else (
         default_workers(dist.local_world) if device.type == "cuda" else 0)
@@ -122,8 +138,6 @@ def train(cfg: TrainConfig) -> dict:
     val_set = held_out_set(held, "val", cfg.eval_pairs, ratio) if master else None
     test_set = held_out_set(held, "test", cfg.eval_pairs, ratio) if master else None
     load_seconds = time.perf_counter() - started
-    if master:
-        (out / "ranks.json").write_text(json.dumps(ranks, indent=2))
 
     # model and optimiser (same init on every rank; DDP also broadcasts rank 0's weights)
     raw_model = UniSync(cfg.combo, cfg.width, cfg.depth, row_size(first, visual),
@@ -161,7 +175,11 @@ def train(cfg: TrainConfig) -> dict:
                   "samplers restart from their seeds", file=sys.stderr)
         if "torch_rng" in ckpt:
             torch.set_rng_state(ckpt["torch_rng"])
-    if master:
+    elif cfg.resume and master:
+        print(f"warning: --resume: no {ckpt_path}; training starts at step 0", file=sys.stderr)
+    if master:  # data, model and checkpoint are good: only now does the run folder appear
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "ranks.json").write_text(json.dumps(ranks, indent=2))
         print(f"{cfg.combo}: {n_params / 1e6:.2f}M params (width {cfg.width}, depth "
               f"{raw_model.depth}), {dist.world} rank(s) x {workers} loader worker(s); rank 0: "
               f"{ranks[0]['utterances']} utts / {ranks[0]['speakers']} speakers from "
@@ -191,11 +209,10 @@ def train(cfg: TrainConfig) -> dict:
     # the loop
     t0 = time.perf_counter()
     batches = data.batches(start, pin_memory=device.type == "cuda", prefetch=cfg.prefetch)
-    bar = tqdm(range(start, cfg.steps), desc=cfg.combo, unit="step", dynamic_ncols=True,
-               mininterval=1.0, initial=start, total=cfg.steps, disable=not master or cfg.no_progress)
+    bar = Progress(cfg.combo, start, cfg.steps, cfg.max_minutes, disable=not master or cfg.no_progress)
     use_amp = device.type == "cuda" and cfg.dtype == "bf16"
     step = start - 1
-    for step in bar:
+    for step in range(start, cfg.steps):
         raw = next(batches)
         data.consumed(raw)
         batch = raw.to(device)
@@ -210,6 +227,7 @@ def train(cfg: TrainConfig) -> dict:
             raise FloatingPointError(f"loss is {losses[-1]} at step {step + 1} (rank {dist.rank})")
 
         done = step + 1
+        bar.step(done)
         out_of_time = dist.any(bool(cfg.max_minutes) and time.perf_counter() - t0 > 60 * cfg.max_minutes)
         last = done == cfg.steps or out_of_time
         evaluate_now = last or bool(cfg.eval_every and done % cfg.eval_every == 0)
@@ -225,7 +243,7 @@ def train(cfg: TrainConfig) -> dict:
                     best_acc, best_step = report["balanced_accuracy"], done
                     save_checkpoint(out / "best.pt", raw_model, optimizer, done, cfg.as_dict(), {"val": report})
             if master:
-                bar.set_postfix(loss=f"{record['loss']:.3f}", **({"val": f"{best_acc:.3f}"} if evaluate_now else {}))
+                bar.note(loss=f"{record['loss']:.3f}", **({"val": f"{best_acc:.3f}"} if evaluate_now else {}))
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
         if evaluate_now or (cfg.save_every and done % cfg.save_every == 0):
@@ -269,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         final = train(cfg)
-    except (StoreError, CheckpointError) as exc:
+    except (StoreError, CheckpointError, RunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if "val" in final:

@@ -38,19 +38,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.combos import parse_combo
+from features.face import N_LANDMARKS
+from features.fields import FIELDS
+from features.timebase import CROP_SIZE, WINDOW, window_slice
+from training.combos import AUDIO, VISUAL, parse_combo
 
 VISUAL_SHAPE = (128, 24, 24)  # (channels at width 1, H, W) after the visual pool
 AUDIO_SHAPE = (128, 9, 6)  # after the audio pool (mel's 80 x 16 window comes out at 9 x 6)
-LANDMARK_DIM = 478 * 3  # MediaPipe face mesh, flattened per frame
+IMAGE_SIZE = (CROP_SIZE // 2, CROP_SIZE)  # the lower half of a face crop: 48 x 96
+RGB_CHANNELS = 3
+MEL_BINS = 80
+LANDMARK_DIM = N_LANDMARKS * 3  # MediaPipe face mesh, flattened per frame
 TDMM_DIM = 7 + 64  # pose (rotation 3, translation 3, scale 1) + expression coefficients
 HUBERT_DIM = 1024
+# Row size of the sequence representations, which a per-row MLP lifts (`SequenceLift`): the
+# defaults; fit.py passes what the store holds (`UniSync(visual_dim=..., audio_dim=...)`).
+SEQUENCE_DIMS = {"landmarks": LANDMARK_DIM, "tdmm": TDMM_DIM, "hubert": HUBERT_DIM}
 PARSING_CLASSES = 19  # CelebAMask-HQ ids 0..18
 PARSING_EMBED = 3  # channels per frame after the class embedding (as rgb's 3)
 
 # Residual blocks per stage at depth 1 (tuned so every combo is near 16.3M params, 1.73 GMAC).
 VISUAL_TRUNK_BLOCKS = (8, 3, 1)  # at 24x24 (128 ch), 12x12 (256 ch), 6x6 (512 ch)
 GEOMETRY_BLOCKS = 5  # landmarks / tdmm adapter, at 24x24 (128 ch)
+
+
+def window_rows(name: str) -> int:
+    """Rows of field `name` in one sync window, from its rate in the field registry (mel 16,
+    hubert 10, video-rate fields 5)."""
+    rows = window_slice(FIELDS[name].rate, 0)
+    return rows.stop - rows.start
 
 
 def channels(c: int, width: float) -> int:
@@ -128,7 +144,7 @@ class ParsingAdapter(nn.Module):
     without materialising it); the 5 frames' maps are stacked on channels like rgb's.
     """
 
-    def __init__(self, width: float, depth: float = 1.0, frames: int = 5):
+    def __init__(self, width: float, depth: float = 1.0, frames: int = WINDOW):
         super().__init__()
         self.embed = nn.Embedding(PARSING_CLASSES, PARSING_EMBED)
         self.image = ImageAdapter(frames * PARSING_EMBED, width, depth)
@@ -189,13 +205,12 @@ class SequenceLift(nn.Module):
 def visual_adapter(name: str, width: float, depth: float = 1.0, dim: int | None = None) -> nn.Module:
     """eps1 for one visual representation; output (128w, 24, 24) for the standard inputs."""
     if name == "rgb":
-        return ImageAdapter(15, width, depth)
+        return ImageAdapter(RGB_CHANNELS * window_rows(name), width, depth)
     if name == "parsing":
-        return ParsingAdapter(width, depth)
-    if name in ("landmarks", "tdmm"):
-        default = LANDMARK_DIM if name == "landmarks" else TDMM_DIM
-        return SequenceLift(5, dim or default, VISUAL_SHAPE, width, depth, lift=(12, 12),
-                            blocks=GEOMETRY_BLOCKS)
+        return ParsingAdapter(width, depth, frames=window_rows(name))
+    if name in SEQUENCE_DIMS and name in VISUAL:
+        return SequenceLift(window_rows(name), dim or SEQUENCE_DIMS[name], VISUAL_SHAPE, width, depth,
+                            lift=(12, 12), blocks=GEOMETRY_BLOCKS)
     raise ValueError(f"unknown visual representation {name!r}")
 
 
@@ -203,8 +218,8 @@ def audio_adapter(name: str, width: float, depth: float = 1.0, dim: int | None =
     """eps3 for one audio representation; output (128w, 9, 6)."""
     if name == "mel":
         return MelAdapter(width, depth)
-    if name == "hubert":
-        return SequenceLift(10, dim or HUBERT_DIM, AUDIO_SHAPE, width, depth, blocks=2)
+    if name in SEQUENCE_DIMS and name in AUDIO:
+        return SequenceLift(window_rows(name), dim or SEQUENCE_DIMS[name], AUDIO_SHAPE, width, depth, blocks=2)
     raise ValueError(f"unknown audio representation {name!r}")
 
 
@@ -277,10 +292,20 @@ def input_shapes(combo: str, visual_dim: int | None = None,
                  audio_dim: int | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Shapes of one pair's (visual, audio) window inputs, as windows.py makes them."""
     audio, visual = parse_combo(combo)
-    v = {"rgb": (15, 48, 96), "parsing": (5, 48, 96), "landmarks": (5, visual_dim or LANDMARK_DIM),
-         "tdmm": (5, visual_dim or TDMM_DIM)}[visual]
-    a = {"mel": (1, 80, 16), "hubert": (10, audio_dim or HUBERT_DIM)}[audio]
-    return v, a
+    return input_shape(visual, visual_dim), input_shape(audio, audio_dim)
+
+
+def input_shape(name: str, dim: int | None = None) -> tuple[int, ...]:
+    """One window's model input shape for representation `name` (see the module table)."""
+    if name in SEQUENCE_DIMS:
+        return window_rows(name), dim or SEQUENCE_DIMS[name]
+    if name == "rgb":  # frames on channels
+        return RGB_CHANNELS * window_rows(name), *IMAGE_SIZE
+    if name == "parsing":
+        return window_rows(name), *IMAGE_SIZE
+    if name == "mel":
+        return 1, MEL_BINS, window_rows(name)
+    raise ValueError(f"unknown representation {name!r}")
 
 
 def example_inputs(model: UniSync, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

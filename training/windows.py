@@ -34,12 +34,14 @@ import numpy as np
 import torch
 
 from features.codecs import decode_jpeg_into, jpeg_sequence_frames, jpeg_size, lower_half_jpeg
+from features.fields import FIELDS
 from features.timebase import WINDOW, window_slice
 from catalog import sync_correction
 from training.data import Utterance, rate_of
 from training.sampler import KINDS, Pair
 
-IMAGE_FIELDS = ("rgb", "lip")  # JPEG sequences: uint8 pixels, / 255 on the device
+# JPEG sequences (the `.jpgs` container: rgb, lip): uint8 pixels, / 255 on the device
+IMAGE_FIELDS = tuple(name for name, f in FIELDS.items() if f.ext.endswith(".jpgs"))
 
 
 def field_start(utt: Utterance, name: str, t: int) -> int:

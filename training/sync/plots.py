@@ -3,14 +3,28 @@ framewise confidence, so a bad clip shows at a glance (a flat curve, an offset f
 confidence that drops in the middle)."""
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 
-def plot_name(video: str, protocol: str, scorer: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(Path(video).with_suffix("")).strip("/"))[-120:]
+def plot_stems(videos: Iterable[str]) -> dict[str, str]:
+    """video -> the stem of its plot files: the file's own stem (a.mp4 -> a), with a short hash of
+    its path when two different videos share that stem (spk1/a.mp4, spk2/a.mp4 -> a-3f2c1e, a-9b07d4)."""
+    videos = list(dict.fromkeys(str(v) for v in videos))
+    stems = {v: re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(v).stem)[:120] or "video" for v in videos}
+    taken: dict[str, int] = {}
+    for stem in stems.values():
+        taken[stem] = taken.get(stem, 0) + 1
+    return {v: stem if taken[stem] == 1 else f"{stem}-{hashlib.sha1(v.encode()).hexdigest()[:6]}"
+            for v, stem in stems.items()}
+
+
+def plot_name(stem: str, protocol: str, scorer: str) -> str:
+    """The PNG of one video (its `plot_stems` stem), scorer and protocol."""
     return f"{stem}.{scorer}.{protocol}.png"
 
 

@@ -15,18 +15,24 @@ median minus min; for a UniSync checkpoint the distance is 1 - p_sync (same rule
 
 Writes <out>/scores.csv (one row per video and protocol) and <out>/scores.json (rows with the
 31-value curves and framewise confidence, and the means per scorer and protocol). Many files run
-as Ray tasks (a private local Ray unless --address), one video per task.
+as Ray tasks (a private local Ray unless --address), one video per task, through the job runner
+(catalog/jobs.py): a task whose worker dies is retried up to --max-retries times, then its row
+names the cause. One video, or --workers 1, runs in this process (no Ray start-up).
+
+--device auto (the default, as training/fit.py) picks the GPU when the process scoring a video
+sees one, else the CPU. Exit codes: 0 every video scored, 1 some failed (their rows say why), 2
+bad arguments or weights, 4 Ray did not start within --ray-timeout.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from catalog.jobs import RayStartError, Task, add_runner_options, runner_from_args
 from features.cli import HelpFormatter
 from features.timebase import FPS
 from training.sync.crops import PROTOCOLS
@@ -59,10 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-crops", type=Path, default=None,
                    help="syncnet, protocol pipeline: also write each video's 224 x 224 crops and audio to "
                         "DIR/<name>.mkv (lossless), which score to the same numbers with --crop none")
-    p.add_argument("--device", default="cpu", help="torch device ('cuda' when there is one)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="Ray tasks at once (default: every CPU Ray offers); 1 runs in this process")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: a private local Ray)")
+    p.add_argument("--device", default="auto",
+                   help="torch device; auto: the GPU when the scoring process sees one, else the CPU")
+    add_runner_options(p, "Ray tasks at once (default: every CPU Ray offers); 1 runs in this process")
+    p.add_argument("--max-retries", type=int, default=1,
+                   help="retries of a video whose worker died or was killed for memory; then its row "
+                        "names the cause")
     p.add_argument("--threads", type=int, default=None, help="torch threads per task (default: 1 under Ray)")
     return p
 
@@ -94,10 +102,12 @@ def weights_dest(name: str) -> str:
 
 
 def get_scorer(config: dict):
-    """The registry's cached scorer: one model per process."""
+    """The registry's cached scorer: one model per process, on the device this process picks
+    (`auto`: training.runtime.pick_device, as fit.py)."""
+    from training.runtime import pick_device
     from training.sync.scorers import get_scorer as cached
 
-    return cached(**config)
+    return cached(**{**config, "device": str(pick_device(config["device"]))})
 
 
 def score_one(video: str, protocol: str, config: dict, max_frames: int | None,
@@ -148,49 +158,33 @@ def means(rows: list[dict]) -> list[dict]:
 
 
 def run_jobs(jobs: list[tuple[str, str]], config: dict, max_frames: int | None, args) -> list[dict]:
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(jobs), desc=f"scoring ({config['name']})", unit="video")
+    """One row per (video, protocol), in `jobs` order: each a task of the job runner
+    (catalog/jobs.py); a task that died for good is a row naming the cause."""
+    runner = runner_from_args(args, mode="never" if args.workers == 1 else None)  # --workers 1: here
+    here = runner.runs_here(len(jobs))
     save = str(args.save_crops.resolve()) if args.save_crops else None
-    rows: list[dict] = []
-    if args.workers == 1 or (len(jobs) == 1 and not args.address):
-        for video, protocol in jobs:
-            rows.append(score_one(video, protocol, config, max_frames, args.threads, save))
-            bar.update(1)
-    else:
-        import ray
-
-        if args.address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=args.address or os.environ["RAY_ADDRESS"])
-        else:  # a private local Ray: never attach to someone else's cluster on a shared host
-            ray.init(address="local", num_cpus=args.workers or os.cpu_count(),
-                     include_dashboard=False)  # the workers import the installed package
+    threads = args.threads if here else args.threads or 1  # here: torch's own default unless asked
+    if not here:
         clear_cache()  # the driver's model must not travel with the task's closure
-        # max_retries=0: Ray retries OOM kills without end when max_retries != 0 (pipelines/shard_failures.py);
-        # a task that dies becomes an error row naming the cause, and the run ends.
-        task = ray.remote(num_cpus=1, max_retries=0)(score_one)
-        limit = args.workers or max(1, int(ray.available_resources().get("CPU", 1)))
-        pending, in_flight = list(jobs), {}
-        while pending or in_flight:
-            while pending and len(in_flight) < limit:
-                video, protocol = pending.pop(0)
-                in_flight[task.remote(video, protocol, config, max_frames, args.threads or 1, save)] = (video, protocol)
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            video, protocol = in_flight.pop(done[0])
-            try:
-                rows.append(ray.get(done[0]))
-            except Exception as exc:  # the task died (e.g. killed for memory)
-                rows.append({"video": video, "scorer": config["name"], "protocol": protocol,
-                             "error": f"{type(exc).__name__}: {exc}", "seconds": None})
-            bar.update(1)
-        ray.shutdown()
-    bar.close()
+    rows: list[dict] = []
+
+    def failed(task: Task, cause: str) -> None:
+        video, protocol = task.args[:2]
+        rows.append({"video": video, "scorer": config["name"], "protocol": protocol, "error": cause,
+                     "seconds": None})
+
+    tasks = [Task(f"{Path(video).name} [{protocol}]", (video, protocol, config, max_frames, threads, save))
+             for video, protocol in jobs]
+    with runner:
+        runner.run(score_one, tasks, desc=f"scoring ({config['name']})", unit="video",
+                   max_retries=args.max_retries, on_result=lambda task, row: rows.append(row),
+                   on_failure=failed)
     order = {job: i for i, job in enumerate(jobs)}
     return sorted(rows, key=lambda r: order[(r["video"], r["protocol"])])
 
 
 def write_outputs(rows: list[dict], summary: list[dict], out: Path, plots: Path | None) -> None:
-    from training.sync.plots import plot_name, plot_score
+    from training.sync.plots import plot_name, plot_score, plot_stems
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "scores.csv", "w", newline="") as f:
@@ -200,9 +194,10 @@ def write_outputs(rows: list[dict], summary: list[dict], out: Path, plots: Path 
             w.writerow({c: r.get(c, "") for c in CSV_COLUMNS})
     (out / "scores.json").write_text(json.dumps({"rows": rows, "means": summary}, indent=1))
     if plots is not None:
+        stems = plot_stems(r["video"] for r in rows)
         for r in rows:
             if not r["error"]:
-                r["plot"] = str(plot_score(r, plots / plot_name(r["video"], r["protocol"], r["scorer"])))
+                r["plot"] = str(plot_score(r, plots / plot_name(stems[r["video"]], r["protocol"], r["scorer"])))
 
 
 def format_summary(summary: list[dict]) -> str:
@@ -226,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         cls = scorer_class(args.scorer)
         if set(args.crop) - set(cls.protocols):
             raise ValueError(f"the {args.scorer} scorer takes --crop {' '.join(cls.protocols)} only")
+        if not args.ray_timeout > 0:
+            raise ValueError(f"--ray-timeout must be positive, got {args.ray_timeout}")
         get_scorer(config)  # fail fast on missing weights / checkpoint, before any Ray start
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -233,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     max_frames = int(round(args.max_seconds * FPS)) if args.max_seconds else None
     shown = {str(v.resolve()): str(v) for v in videos}
     jobs = [(str(v.resolve()), protocol) for v in videos for protocol in args.crop]
-    rows = run_jobs(jobs, config, max_frames, args)
+    try:
+        rows = run_jobs(jobs, config, max_frames, args)
+    except RayStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
     for r in rows:
         r["video"] = shown[r["video"]]
     summary = means(rows)

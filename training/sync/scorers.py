@@ -48,9 +48,9 @@ class Scorer:
     weights_label: ClassVar[str]  # the file in a sync pass spec: NAME:LABEL
     weights_help: ClassVar[str]
     protocols: ClassVar[tuple[str, ...]]  # crop protocols score_video takes
-    stored_input: ClassVar[str]  # what the sync pass feeds it: "utterance" (score_utterance of the
-    # trainer's Utterance of stored_fields()) or "frames" (score_arrays of pipeline crops around
-    # the stored face track and the stored audio)
+    stored_input: ClassVar[str]  # what the sync pass feeds it: "utterance" (score_utterance of a
+    # catalog.reader.Utterance of stored_fields()) or "frames" (score_arrays of pipeline crops
+    # around the stored face track and the stored audio)
     distance_label: ClassVar[str]  # what its table holds (the plots' axis)
     saves_crops: ClassVar[bool] = False  # score_video takes save_crops
     note: ClassVar[str] = ""  # printed under score.py's summary
@@ -207,14 +207,30 @@ class UniSyncScorer(Scorer):
 
         return list(combo_fields(self.combo))
 
+    def model_input(self, utt):
+        """A read utterance (catalog.reader.Utterance) as the model's windows want it: the
+        trainer's Utterance with the per-field normalisation and image scale the checkpoint was
+        trained with (training.data; its data arrays are shared, not copied)."""
+        from dataclasses import fields
+
+        from catalog.reader import Utterance as Read
+        from training.data import Utterance, attach_norms
+
+        if not isinstance(utt, Utterance):
+            utt = Utterance(**{f.name: getattr(utt, f.name) for f in fields(Read)})
+        if not utt.norm:
+            attach_norms(utt, self.train_args.get("landmarks_center", True))
+        utt.image_scale = self.train_args.get("image_scale", 1.0)
+        return utt
+
     @torch.no_grad()
     def embeddings(self, utt) -> tuple[torch.Tensor, torch.Tensor]:
-        """(windows, D) visual and audio embeddings of every window of a training.data.Utterance."""
+        """(windows, D) visual and audio embeddings of every window of a read utterance."""
         from training.combos import parse_combo
         from training.windows import stack_windows
 
         audio, visual = parse_combo(self.combo)
-        utt.image_scale = self.train_args.get("image_scale", 1.0)
+        utt = self.model_input(utt)
         v_emb, a_emb = [], []
         for i in range(0, utt.n_windows, self.batch_size):
             starts = [(0, t) for t in range(i, min(utt.n_windows, i + self.batch_size))]
@@ -238,8 +254,7 @@ class UniSyncScorer(Scorer):
         if protocol not in self.protocols:
             raise ValueError(f"the unisync scorer reads our face track's fields: protocol must be "
                              f"'pipeline', got {protocol!r}")
-        return self.score_utterance(video_utterance(path, self.combo, self.train_args, max_frames,
-                                                    audio_path))
+        return self.score_utterance(video_utterance(path, self.combo, max_frames, audio_path))
 
 
 # The registry: one row per scorer.
@@ -291,14 +306,15 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return name, str(Path(path).resolve())
 
 
-def video_utterance(path: Path | str, combo: str, train_args: dict, max_frames: int | None = None,
+def video_utterance(path: Path | str, combo: str, max_frames: int | None = None,
                     audio_path: Path | str | None = None):
     """The combo's fields of a video, computed with the extraction code and passed through the
-    store's codecs (so they equal what extract.py would store), as a training Utterance."""
+    store's codecs and reader (so they equal what extract.py would store and the sync pass would
+    read), as a catalog.reader.Utterance (UniSyncScorer.model_input normalises it)."""
+    from catalog.reader import Utterance, decode_member, frames_covered, length_of
     from features.fields import FIELDS, Sources
     from features.face import FaceTracker
     from training.combos import combo_fields
-    from training.data import Utterance, decode_member, frames_covered, norm_of, _length
 
     fields = list(combo_fields(combo))
     row = {"video_path": str(path), "audio_path": str(audio_path) if audio_path else None,
@@ -311,8 +327,5 @@ def video_utterance(path: Path | str, combo: str, train_args: dict, max_frames: 
         data = data if isinstance(data, bytes) else data[field.ext]
         value = decode_member(name, field.ext, data)
         utt.data[name] = value
-        norm = norm_of(name, value, train_args.get("landmarks_center", True))
-        if norm is not None:
-            utt.norm[name] = norm
-        utt.n_frames = frames_covered(name, _length(name, value), utt.n_frames)
+        utt.n_frames = frames_covered(name, length_of(name, value), utt.n_frames)
     return utt

@@ -4,10 +4,12 @@
     python -m training.sync.sync_pass --store store/ --dataset lrs2 --scorer syncnet:/models/syncnet_v2.model
 
 Run it after extraction (pipelines/extract.py): it scores what is stored, then rebuilds the catalog.
-Any scorer of the registry (training/sync/scorers.py) is a spec NAME:PATH. Per shard (one Ray
-task each), the scorer reads only what it needs from the store (its `stored_input`):
-- "utterance" (`unisync:CHECKPOINT`): the checkpoint's combo fields (e.g. mel + landmarks), through
-  the trainer's loader (training.data), exactly the windows it was trained on;
+Any scorer of the registry (training/sync/scorers.py) is a spec NAME:PATH. Per shard (one task of
+the job runner, catalog/jobs.py: on Ray, or in this process for a store of one shard), the scorer
+reads only what it needs through the store's one reader (catalog.reader), as stored (never
+sync-corrected: a re-run scores the data, not an earlier pass's correction), by its `stored_input`:
+- "utterance" (`unisync:CHECKPOINT`): the checkpoint's combo fields (e.g. mel + landmarks),
+  normalised as the checkpoint was trained (UniSyncScorer.model_input), the windows it trained on;
 - "frames" (`syncnet:WEIGHTS`): the stored audio (16-bit, so its int16 values exactly) and the
   source video's frames on the stored timeline, cropped by the `pipeline` protocol around the
   stored face track (landmarks + the meta field's crop boxes: no face detection is run again).
@@ -17,9 +19,18 @@ member entries carry `columns: {sync_offset, sync_confidence, sync_min_dist, syn
 catalog build merges them into the utterances table. Offsets follow syncnet_python's sign (audio
 delayed by d frames gives -d); sync_scorer is "<scorer>:<version>" (the weights' or checkpoint's
 sha256 prefix). A shard whose sidecar was written by the same scorer is skipped unless
---overwrite. Curation is then SQL, e.g. LatentSync's rule:
+--overwrite. A shard whose task died for good (after --max-retries driver retries, by cause:
+catalog/jobs.py) gets error entries (stage `worker`, the cause; columns empty) unless it already
+had a sidecar, whose columns are kept (still what the store holds); a plain re-run scores it
+again unless those are this scorer's own. The catalog is
+rebuilt with the split settings the store was built with (store.json `splits`, written by
+extract.py); --val / --test / --split-seed override them only when given.
+Curation is then SQL, e.g. LatentSync's rule:
 
     python -m catalog sql "SELECT utt_id FROM utterances WHERE sync_confidence >= 3 AND abs(sync_offset) <= 6"
+
+Exit codes: 0 every shard scored, 1 some shard failed (re-run to retry it), 2 bad arguments, a
+bad scorer spec, no store, or the store is locked, 4 Ray did not start within --ray-timeout.
 
 Layering: part of the sync wing (training/sync/); the trainer never imports it.
 """
@@ -27,15 +38,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from catalog.layout import sidecar_path
-from catalog.sidecar import write_sidecar
+from catalog.jobs import RayStartError, Runner, Task, add_runner_options, runner_from_args
+from catalog.reader import StoreError, read_catalog, stream_utterances
+from catalog.sidecar import WORKER_STAGE, read_sidecar, redo_member, write_sidecar
 from features.cli import HelpFormatter
 from training.sync.scorers import clear_cache, parse_spec, spec_forms
 
@@ -44,36 +53,42 @@ COLUMNS = ("sync_offset", "sync_confidence", "sync_min_dist", "sync_scorer")
 MIN_FRAMES = 6  # one scored window: SyncNet's loop needs t + 5 < min_length
 
 
-def get_scorer(spec: str, device: str = "cpu"):
-    """The registry's cached scorer of a NAME:PATH spec (one model per worker process)."""
+def get_scorer(spec: str, device: str = "auto"):
+    """The registry's cached scorer of a NAME:PATH spec (one model per worker process), on the
+    device this process picks (`auto`: training.runtime.pick_device, as fit.py)."""
+    from training.runtime import pick_device
     from training.sync.scorers import get_scorer as cached
 
     name, path = parse_spec(spec)
-    return cached(name, path, device)
+    return cached(name, path, str(pick_device(device)))
+
+
+def read_sync_sidecar(store: Path, dataset: str, shard_id: int) -> dict | None:
+    """The shard's sync sidecar (columns only, no tar), or None when there is none or it is broken."""
+    return read_sidecar(store, dataset, FIELD, shard_id, need_tar=False)
 
 
 def is_done(store: Path, dataset: str, shard_id: int, scorer_id: str) -> bool:
-    side = sidecar_path(store, dataset, FIELD, shard_id)
-    if not side.exists():
-        return False
-    try:
-        return json.loads(side.read_text()).get("version") == scorer_id
-    except ValueError:
-        return False
+    """This scorer wrote the shard's sidecar, and no entry records a task that died."""
+    side = read_sync_sidecar(store, dataset, shard_id)
+    return side is not None and side.get("version") == scorer_id and not any(
+        redo_member(m) for m in side.get("members", []))
 
 
-def syncnet_utterance(scorer, row: dict, sample: dict) -> "object":
-    """SyncNet on one stored utterance: stored audio, the source's frames on the stored timeline
-    (streamed), pipeline crops around the stored face track."""
+def syncnet_utterance(scorer, row: dict, data: dict) -> "object":
+    """SyncNet on one stored utterance (`data`: the reader's decoded audio, landmarks and meta):
+    the source's frames on the stored timeline (streamed), pipeline crops around the stored face
+    track."""
+    import numpy as np
+
     from features.face import crop_to_image
-    from features.fields import FIELDS
     from features.media import VideoStream
     from training.sync.audio import int16_scale
     from training.sync.crops import landmark_boxes, pipeline_crop, smooth_boxes
 
-    audio = int16_scale(FIELDS["audio"].decode(sample["audio"]))
-    landmarks = FIELDS["landmarks"].decode(sample["landmarks"]).astype(np.float32)
-    boxes = np.asarray(json.loads(sample["meta"])["crop_boxes"], np.float32)
+    audio = int16_scale(data["audio"])
+    landmarks = np.asarray(data["landmarks"], np.float32)
+    boxes = np.asarray(data["meta"]["crop_boxes"], np.float32)
     n = min(len(landmarks), len(boxes))
     smoothed = smooth_boxes(landmark_boxes(crop_to_image(landmarks[:n], boxes[:n])))
     frames = VideoStream(row["video_path"], row.get("start_s"), row.get("end_s"))
@@ -82,40 +97,30 @@ def syncnet_utterance(scorer, row: dict, sample: dict) -> "object":
 
 
 def score_shard(store: str, dataset: str, shard_id: int, rows: list[dict], all_rows: list[dict],
-                spec: str, device: str = "cpu", threads: int = 1) -> dict:
-    """Score one shard's utterances and write its sync sidecar; returns counts."""
+                spec: str, device: str = "auto", threads: int | None = 1) -> dict:
+    """Score one shard's utterances and write its sync sidecar; returns counts. `threads`: torch
+    threads (None: leave them, as in the driver's own process)."""
     import torch
 
-    from training.data import stream_utterances
-
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     store_p = Path(store)
     started = time.perf_counter()
     scorer = get_scorer(spec, device)
     scorer_id = f"{scorer.name}:{scorer.version}"
     fields = scorer.stored_fields()
-    usable = [r for r in rows if all(r.get(f"field_{f}") == "ok" for f in fields if f != "meta")
+    usable = [r for r in rows if all(r.get(f"field_{f}", "ok") == "ok" for f in fields)
               and (r.get("n_frames") or 0) >= MIN_FRAMES]
-    results: dict[str, dict] = {}
     if scorer.stored_input == "utterance":
-        center = scorer.train_args.get("landmarks_center", True)
-        for utt in stream_utterances(store_p, fields, usable, all_rows, center, shards=[(dataset, shard_id)]):
-            results[utt.utt_id] = _entry(lambda u=utt: scorer.score_utterance(u), scorer_id)
+        score = scorer.score_utterance
     elif scorer.stored_input == "frames":
-        from catalog.tars import iter_shard
-
-        by_key = {r["key"]: r for r in usable}
-        keys = [r["key"] for r in sorted(all_rows, key=lambda r: r["index_in_shard"])
-                if r["dataset"] == dataset and r["shard_id"] == shard_id]
-        for sample in iter_shard(store_p, dataset, shard_id, fields, keys):
-            row = by_key.get(sample["__key__"])
-            if row is None or "error.json" in sample["audio"] or "error.json" in sample["landmarks"]:
-                continue
-            flat = {"audio": sample["audio"]["flac"], "landmarks": sample["landmarks"]["landmarks.npy"],
-                    "meta": sample["meta"]["json"]}
-            results[row["utt_id"]] = _entry(lambda r=row, s=flat: syncnet_utterance(scorer, r, s), scorer_id)
+        score = lambda utt: syncnet_utterance(scorer, utt.row, utt.data)  # noqa: E731
     else:
         raise ValueError(f"scorer {scorer.name}: unknown stored_input {scorer.stored_input!r}")
+    results: dict[str, dict] = {}
+    for utt in stream_utterances(store_p, fields, usable, all_rows, shards=[(dataset, shard_id)],
+                                 sync_correct=False):  # the data as stored, not an earlier correction
+        results[utt.utt_id] = _entry(lambda u=utt: score(u), scorer_id)
     members = []
     for r in sorted(rows, key=lambda r: r["index_in_shard"]):
         members.append(results.get(r["utt_id"], {
@@ -137,13 +142,21 @@ def _entry(score_fn, scorer_id: str) -> dict:
                         "sync_min_dist": round(float(s.min_dist), 6), "sync_scorer": scorer_id}}
 
 
-def run_sync_pass(ray, store: Path, dataset: str, spec: str, overwrite: bool = False,
-                  workers: int | None = None, device: str = "cpu") -> dict:
-    """One Ray task per shard of `dataset` not yet scored by this scorer; returns counts."""
-    from tqdm import tqdm
+def write_failed_shard(store: Path, dataset: str, shard_id: int, rows: list[dict], scorer_id: str,
+                       cause: str) -> bool:
+    """Error entries naming `cause` for a shard whose task died for good, unless the shard already
+    has a sidecar (its columns stay: they are still what the store holds). Returns whether it wrote."""
+    if read_sync_sidecar(store, dataset, shard_id) is not None:
+        return False
+    members = [{"utt_id": r["utt_id"], "status": "error", "stage": WORKER_STAGE, "reason": cause,
+                "columns": {c: None for c in COLUMNS}} for r in sorted(rows, key=lambda r: r["index_in_shard"])]
+    write_sidecar(store, dataset, FIELD, shard_id, scorer_id, members)
+    return True
 
-    from training.data import read_catalog
 
+def run_sync_pass(runner: Runner, store: Path, dataset: str, spec: str, overwrite: bool = False,
+                  device: str = "auto", max_retries: int = 3) -> dict:
+    """One task per shard of `dataset` not yet scored by this scorer; returns counts."""
     store = Path(store)
     scorer = get_scorer(spec, device)  # fails fast on a bad path before any task starts
     scorer_id = f"{scorer.name}:{scorer.version}"
@@ -152,27 +165,37 @@ def run_sync_pass(ray, store: Path, dataset: str, spec: str, overwrite: bool = F
     for r in all_rows:
         shards.setdefault(int(r["shard_id"]), []).append(r)
     todo = [s for s in sorted(shards) if overwrite or not is_done(store, dataset, s, scorer_id)]
-    clear_cache()  # keep the model out of the task's pickled closure
-    # max_retries=0: with any other value Ray retries OOM kills without end (pipelines/shard_failures.py);
-    # a shard whose task dies is reported in failed_shards and a re-run scores it.
-    task = ray.remote(num_cpus=1, max_retries=0)(score_shard)
-    limit = workers or max(1, int(ray.available_resources().get("CPU", 1)))
-    pending, in_flight, scored, failures = list(todo), {}, 0, []
-    bar = tqdm(total=len(todo), desc=f"{dataset} sync ({scorer.name})", unit="shard")
-    while pending or in_flight:
-        while pending and len(in_flight) < limit:
-            s = pending.pop(0)
-            in_flight[task.remote(str(store), dataset, s, shards[s], shards[s], spec, device)] = s
-        done, _ = ray.wait(list(in_flight), num_returns=1)
-        s = in_flight.pop(done[0])
-        try:
-            scored += ray.get(done[0])["scored"]
-        except Exception as exc:
-            failures.append(f"shard {s}: {type(exc).__name__}: {exc}")
-        bar.update(1)
-    bar.close()
+    here = runner.runs_here(len(todo))
+    if not here:
+        clear_cache()  # keep the model out of the task's pickled closure
+    counts = {"scored": 0}
+    failures: list[str] = []
+
+    def failed(task: Task, cause: str) -> None:
+        shard_id = task.args[2]
+        write_failed_shard(store, dataset, shard_id, shards[shard_id], scorer_id, cause)
+        failures.append(f"{task.name}: {cause}")
+
+    tasks = [Task(f"{dataset}-{s:06d}", (str(store), dataset, s, shards[s], shards[s], spec, device,
+                                         None if here else 1)) for s in todo]
+    runner.run(score_shard, tasks, desc=f"{dataset} sync ({scorer.name})", unit="shard",
+               max_retries=max_retries, on_failure=failed,
+               on_result=lambda task, result: counts.__setitem__("scored", counts["scored"] + result["scored"]))
     return {"scorer": scorer_id, "shards": len(todo), "skipped_shards": len(shards) - len(todo),
-            "scored": scored, "failed_shards": failures}
+            "scored": counts["scored"], "failed_shards": failures}
+
+
+def split_settings(info: dict, args: argparse.Namespace) -> dict:
+    """build_catalog's val / test / seed: the ones store.json records (extract.py writes `splits`),
+    each replaced by --val / --test / --split-seed only when given. A store from before they were
+    recorded gets build_catalog's defaults (extract.py's too), said once."""
+    recorded = dict(info.get("splits") or {})
+    given = {k: v for k, v in (("val", args.val), ("test", args.test), ("seed", args.split_seed)) if v is not None}
+    if not recorded and len(given) < 3:
+        print("warning: store.json records no split settings (extracted before they were recorded): the "
+              "catalog is rebuilt with extract.py's defaults unless --val / --test / --split-seed say "
+              "otherwise", file=sys.stderr)
+    return {k: v for k, v in {**recorded, **given}.items() if k in ("val", "test", "seed")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,12 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the expert: {spec_forms()}")
     p.add_argument("--dataset", default=None, help="dataset to score (unset: every dataset of the store)")
     p.add_argument("--overwrite", action="store_true", help="re-score shards this scorer already scored")
-    p.add_argument("--workers", type=int, default=None, help="Ray tasks at once (unset: every CPU)")
-    p.add_argument("--address", default=None, help="Ray cluster address (unset: RAY_ADDRESS or a private local Ray)")
-    p.add_argument("--device", default="cpu", help="torch device of the tasks")
-    p.add_argument("--val", type=float, default=0.1, help="as extract.py: the catalog is rebuilt")
-    p.add_argument("--test", type=float, default=0.1, help="as extract.py: the catalog is rebuilt")
-    p.add_argument("--split-seed", type=int, default=0, help="as extract.py: the catalog is rebuilt")
+    add_runner_options(p, "concurrent shard tasks (default: every CPU Ray offers)")
+    p.add_argument("--max-retries", type=int, default=3,
+                   help="retries of a shard whose worker died, was killed for memory or lost its node")
+    p.add_argument("--device", default="auto",
+                   help="torch device of the tasks; auto: the GPU when the task's process sees one")
+    for flag, kind, what in (("--val", float, "share of speakers in val"), ("--test", float, "share of speakers in test"),
+                             ("--split-seed", int, "seed of the speaker-disjoint split")):
+        p.add_argument(flag, type=kind, default=None,
+                       help=f"{what} for the catalog rebuild (default: what store.json records)")
     return p
 
 
@@ -198,35 +224,28 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from catalog.build import build_catalog
     from catalog.layout import read_store_json
+    from catalog.lock import StoreLocked, acquire
     from catalog.plan import read_plan
-    from training.data import StoreError, read_catalog
 
     store = args.store.resolve()
     try:
+        runner = runner_from_args(args)
         get_scorer(args.scorer, args.device)  # a bad spec or file fails here, before Ray starts
         datasets = [args.dataset] if args.dataset else sorted({r["dataset"] for r in read_catalog(store)})
-    except (ValueError, FileNotFoundError, RuntimeError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    import ray
-
-    from catalog.lock import StoreLocked, acquire
-
-    try:
         lock = acquire(store)  # one writer per store (catalog/lock.py), released below
-    except StoreLocked as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, StoreError, StoreLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        if args.address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=args.address or os.environ["RAY_ADDRESS"])
-        else:
-            ray.init(address="local", num_cpus=args.workers or os.cpu_count(),
-                     include_dashboard=False)  # the workers import the installed package
-        reports = [run_sync_pass(ray, store, ds, args.scorer, args.overwrite, args.workers, args.device)
-                   for ds in datasets]
-        fields = sorted(read_store_json(store).get("fields", {}), key=lambda f: (f == "meta", f))
-        build_catalog(store, read_plan(store), fields, val=args.val, test=args.test, seed=args.split_seed)
+        with runner:
+            reports = [run_sync_pass(runner, store, ds, args.scorer, args.overwrite, args.device, args.max_retries)
+                       for ds in datasets]
+        info = read_store_json(store)
+        fields = sorted(info.get("fields", {}), key=lambda f: (f == "meta", f))
+        build_catalog(store, read_plan(store), fields, **split_settings(info, args))
+    except RayStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
     finally:
         lock.release()
     print(json.dumps(reports))

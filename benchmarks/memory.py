@@ -1,7 +1,8 @@
 """Peak memory per extraction worker on large inputs, against the documented bound.
 
     python -m benchmarks.memory [--real ../shared/corpus/real] [--minutes-720p 0] [--minutes-1080p 5]
-                                [--seconds-4k 20] [--ray] [--keep DIR] [--json benchmarks/memory.json]
+                                [--seconds-4k 20] [--audio-rate 16000] [--stereo] [--ray] [--keep DIR]
+                                [--json benchmarks/memory.json]
 
 Builds, under a temporary folder (never committed), a long 1080p clip (1920x1080), a short 4K
 clip (3840x2160) and, with --minutes-720p, a lecture-length 720p one, by looping the shared real
@@ -37,9 +38,11 @@ FIT_FRAMES = 4000  # frames the harness fits its morphable model on (evenly spac
 
 
 def build_clip(out: Path, sources: list[Path], seconds: float, width: int, height: int,
-               codec: str = "libx264", progress: bool = True) -> Path:
+               codec: str = "libx264", progress: bool = True, audio_rate: int = 16000,
+               stereo: bool = False) -> Path:
     """An H.264/AAC mp4 of `seconds` at 25 fps: the sources in turn, each scaled to `height` and
-    centred on a black `width` x `height` canvas, with their own audio (16 kHz mono AAC), looped.
+    centred on a black `width` x `height` canvas, with their own audio (AAC at `audio_rate`, mono
+    or the same signal on two channels), looped.
 
     One cycle through the sources is encoded (frame by frame, one source in memory); a longer
     clip repeats that cycle by stream copy (ffmpeg's concat demuxer), cut at `seconds`.
@@ -47,9 +50,9 @@ def build_clip(out: Path, sources: list[Path], seconds: float, width: int, heigh
     cycle_frames = sum(_grid_frames(src) for src in sources)
     n_total = int(round(seconds * 25))
     if n_total <= cycle_frames:
-        return _encode_cycle(out, sources, n_total, width, height, codec, progress)
+        return _encode_cycle(out, sources, n_total, width, height, codec, progress, audio_rate, stereo)
     cycle = _encode_cycle(out.with_name(out.stem + ".cycle.mp4"), sources, cycle_frames, width, height,
-                          codec, progress)
+                          codec, progress, audio_rate, stereo)
     try:
         _concat(cycle, out, -(-n_total // cycle_frames), seconds)
     finally:
@@ -65,7 +68,7 @@ def _grid_frames(path: Path) -> int:
 
 
 def _encode_cycle(out: Path, sources: list[Path], n_total: int, width: int, height: int, codec: str,
-                  progress: bool) -> Path:
+                  progress: bool, audio_rate: int = 16000, stereo: bool = False) -> Path:
     import av
     import cv2
     import numpy as np
@@ -79,8 +82,8 @@ def _encode_cycle(out: Path, sources: list[Path], n_total: int, width: int, heig
         video = container.add_stream(codec, rate=25)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.options = {"preset": "ultrafast", "crf": "20"}
-        audio = container.add_stream("aac", rate=16000)
-        audio.layout = "mono"
+        audio = container.add_stream("aac", rate=audio_rate)
+        audio.layout = layout = "stereo" if stereo else "mono"
         canvas = np.zeros((height, width, 3), np.uint8)
         audio_pts = 0
         while written < n_total:
@@ -100,11 +103,12 @@ def _encode_cycle(out: Path, sources: list[Path], n_total: int, width: int, heig
                         container.mux(packet)
                     written += 1
                     bar.update(1)
-                samples = media.audio[: take * 640]
-                for i in range(0, len(samples), 1024):
-                    chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, i:i + 1024]),
-                                                       format="fltp", layout="mono")
-                    chunk.sample_rate, chunk.pts, chunk.time_base = 16000, audio_pts, Fraction(1, 16000)
+                samples = _at_rate(media.audio[: take * 640], audio_rate)
+                planes = np.stack([samples, samples]) if stereo else samples[None]
+                for i in range(0, samples.shape[-1], 1024):
+                    chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(planes[:, i:i + 1024]),
+                                                       format="fltp", layout=layout)
+                    chunk.sample_rate, chunk.pts, chunk.time_base = audio_rate, audio_pts, Fraction(1, audio_rate)
                     audio_pts += chunk.samples
                     for packet in audio.encode(chunk):
                         container.mux(packet)
@@ -116,6 +120,13 @@ def _encode_cycle(out: Path, sources: list[Path], n_total: int, width: int, heig
                 container.mux(packet)
     bar.close()
     return out
+
+
+def _at_rate(samples, rate: int):
+    """16 kHz samples at `rate` (a lecture's camera records 44.1 or 48 kHz)."""
+    import librosa
+
+    return samples if rate == 16000 else librosa.resample(samples, orig_sr=16000, target_sr=rate, res_type="soxr_hq")
 
 
 def _concat(cycle: Path, out: Path, copies: int, seconds: float) -> None:
@@ -294,15 +305,17 @@ def main(args: argparse.Namespace) -> int:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         clips = {}
+        sound = "" if (args.audio_rate, args.stereo) == (16000, False) else \
+            f"_{args.audio_rate // 1000}k{'stereo' if args.stereo else 'mono'}"
         if args.minutes_720p > 0:
-            clips["720p"] = (folder / f"hd720_{args.minutes_720p:g}min.mp4", args.minutes_720p * 60, 1280, 720)
+            clips["720p"] = (folder / f"hd720_{args.minutes_720p:g}min{sound}.mp4", args.minutes_720p * 60, 1280, 720)
         if args.minutes_1080p > 0:
-            clips["1080p"] = (folder / f"hd1080_{args.minutes_1080p:g}min.mp4", args.minutes_1080p * 60, 1920, 1080)
+            clips["1080p"] = (folder / f"hd1080_{args.minutes_1080p:g}min{sound}.mp4", args.minutes_1080p * 60, 1920, 1080)
         if args.seconds_4k > 0:
-            clips["4k"] = (folder / f"uhd2160_{args.seconds_4k:g}s.mp4", args.seconds_4k, 3840, 2160)
+            clips["4k"] = (folder / f"uhd2160_{args.seconds_4k:g}s{sound}.mp4", args.seconds_4k, 3840, 2160)
         for name, (path, seconds, width, height) in clips.items():
             if not path.exists():
-                build_clip(path, real, seconds, width, height)
+                build_clip(path, real, seconds, width, height, audio_rate=args.audio_rate, stereo=args.stereo)
         if args.ray:
             r = measure_ray([c[0] for c in clips.values()], args.fields, args.code)
             results["ray"] = r
@@ -342,6 +355,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="length of a 1280x720 clip, e.g. 30 for a lecture-length utterance (default: none)")
     p.add_argument("--minutes-1080p", type=float, default=5.0, help="length of the 1080p clip (default: %(default)s)")
     p.add_argument("--seconds-4k", type=float, default=20.0, help="length of the 4K clip (default: %(default)s)")
+    p.add_argument("--audio-rate", type=int, default=16000,
+                   help="sample rate of the clips' AAC audio, e.g. 48000 as cameras record (default: %(default)s)")
+    p.add_argument("--stereo", action="store_true", help="two-channel audio (default: mono)")
     p.add_argument("--fields", nargs="+", default=CPU_FIELDS, help="fields to extract (default: every CPU field)")
     p.add_argument("--code", type=Path, default=REPO,
                    help="run the worker on this checkout of the code, e.g. an older commit for a "

@@ -1,4 +1,4 @@
-"""The one job runner: a job's tasks on Ray (a private local Ray, or a cluster), or in this process.
+"""The one job runner: a job's tasks on Ray (a private local Ray, or a cluster), or a local worker.
 
     runner = Runner(address=None, workers=4, timeout_s=120, mode="auto")
     runner.run(extract_shard, [Task("folder-000003", (store, "folder", 3, ...))], desc="folder audio",
@@ -25,21 +25,27 @@ outside the task's code: a worker killed for memory, a worker or node that died,
 error. An exception raised by the task's own code is not retried (it would fail the same way).
 A task that fails for good goes to `on_failure(task, cause)`, which writes the caller's error rows.
 
-In this process. A job of one task (one shard, one video) does not pay Ray's start-up (20-40 s):
-in mode "auto", with no address, no RAY_ADDRESS and no Ray already running in this process, its
-task runs here, said once on stderr; mode "never" runs every task here, one at a time, and
-"always" always uses Ray. It is the same function with the same error handling: an exception is
-classified as a worker's would be and goes to `on_failure`, and none is retried (the task's own
-code would fail again). Why that is safe: the task writes exactly what a worker writes, through
-the same temporary files (named after the writing pid) renamed into place when whole, so a
-failure leaves no partial result; SIGINT / SIGTERM interrupt the task in the main thread and the
-caller's clean-up runs as after a Ray job (extract.py: temporary files removed, lock released,
-catalog rebuilt). What is given up is isolation: a crash (a segfault, the kernel's OOM killer)
-kills the driver rather than a worker, so nothing is left to retry or write error rows. The store
-is still consistent: the lock then names a dead pid and the next run takes it over with a warning
-(catalog/lock.py), the dead pid's temporary files are swept by the next extraction
-(pipelines/job.remove_leftovers; `verify` lists them until then), complete pairs are kept and the
-same command resumes. A job that must survive its tasks' crashes: mode "always".
+Without Ray. A job of one task (one shard, one video) does not pay Ray's start-up (20-40 s): in
+mode "auto", with no address, no RAY_ADDRESS and no Ray already running in this process, its task
+runs in a local worker process (said once on stderr); mode "never" runs every task there, one at
+a time, and "always" always uses Ray. The local worker is a child Python (multiprocessing
+"spawn": nothing of the driver's threads or state is inherited) that runs the same `call_task`
+a Ray worker runs: the same function, the same fault hook, the same error handling (an exception
+is "the task raised ...", not retried; a worker that died is retried, bounded, by cause). Why a
+child process and not the driver itself: a signal must not land inside the task's code. Ctrl-C
+during `import mediapipe` in the driver came back as ImportError, which the per-utterance error
+handling recorded as every utterance's face failure, and the job ended 0 with false error rows
+that a re-run keeps (measured). The child ignores SIGINT (Ctrl-C reaches the whole process group)
+and dies with the driver (PR_SET_PDEATHSIG on Linux); the driver handles the signal as after a
+Ray job: it kills the child, waits for it, and its clean-up runs (extract.py: the child's
+temporary files removed once it is gone, lock released, catalog rebuilt). A crash of the child
+(a segfault, the kernel's OOM killer) is a dead worker, as on Ray. If the driver itself is
+killed, the lock names a dead pid and the next run takes it over with a warning (catalog/lock.py),
+temporary files are swept by the next extraction (pipelines/job.remove_leftovers), complete pairs
+are kept and the same command resumes. A job whose tasks write nothing that outlives a swallowed
+interrupt (score.py: rows come back, the driver writes the outputs after the job) may ask for
+`in_process`: its tasks then run in the driver itself (no child start-up, no second model load),
+and a signal that arrived during a task ends the job after it, dropping that task's result.
 """
 from __future__ import annotations
 
@@ -48,6 +54,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -84,26 +91,28 @@ class Runner:
 
     def __init__(self, address: str | None = None, workers: int | None = None,
                  timeout_s: float = DEFAULT_RAY_TIMEOUT_S, mode: str = "auto",
-                 after_start: Callable[[], None] | None = None):
+                 after_start: Callable[[], None] | None = None, in_process: bool = False):
         if mode not in MODES:
             raise ValueError(f"--ray must be one of {', '.join(MODES)}, got {mode!r}")
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.workers, self.timeout_s, self.mode, self.after_start = workers, timeout_s, mode, after_start
+        self.in_process = in_process  # without Ray: the driver itself, not a local worker (module doc)
         self._ray = None  # the ray module once started (or found running)
         self._started = False  # this runner called ray.init (so close() shuts it down)
-        self._said_here = False
+        self._local: LocalWorker | None = None
+        self._said_local = False
 
     # -- where a job runs ------------------------------------------------------------------------
-    def runs_here(self, n_tasks: int) -> bool:
-        """Whether a job of `n_tasks` tasks runs in this process (module doc, "In this process")."""
+    def runs_local(self, n_tasks: int) -> bool:
+        """Whether a job of `n_tasks` tasks runs in the local worker process, not on Ray (module doc)."""
         if self.mode != "auto":
             return self.mode == "never"
         return n_tasks <= 1 and not self.address and not _ray_running()
 
     def has_gpu(self, n_tasks: int) -> bool:
-        """Whether a job of `n_tasks` tasks can ask for GPUs (Ray's cluster has one); in this
-        process, never (the task itself uses the GPU it sees)."""
-        if self.runs_here(n_tasks):
+        """Whether a job of `n_tasks` tasks can ask for GPUs (Ray's cluster has one); in the local
+        worker, never (the task itself uses the GPU it sees)."""
+        if self.runs_local(n_tasks):
             return False
         return self.ray().cluster_resources().get("GPU", 0) > 0
 
@@ -134,7 +143,11 @@ class Runner:
                 self.after_start()
 
     def close(self) -> None:
-        """Shut down the Ray this runner started (its workers die with it); idempotent."""
+        """Stop the local worker and shut down the Ray this runner started (its workers die with
+        it); idempotent."""
+        if self._local is not None:
+            self._local.stop()
+            self._local = None
         if self._started and self._ray is not None:
             shutdown_ray(self._ray)
         self._ray, self._started = None, False
@@ -160,9 +173,9 @@ class Runner:
         tasks = list(tasks)
         if not tasks:
             return 0
-        here = self.runs_here(len(tasks))
-        if here:
-            self._say_here(len(tasks), unit)
+        local = self.runs_local(len(tasks))
+        if local:
+            self._say_local(len(tasks), unit)
         bar = tqdm(total=sum(t.size for t in tasks), desc=desc, unit=unit)
         on_result = on_result or (lambda task, result: None)
         failed = 0
@@ -174,32 +187,67 @@ class Runner:
                 on_failure(task, f"{unit} failed after {attempts} attempt(s): {cause}")
 
         try:
-            if here:
-                self._run_here(fn, tasks, bar, on_result, fail, postfix)
+            if local and self.in_process:
+                self._run_in_process(fn, tasks, bar, on_result, fail, postfix)
+            elif local:
+                self._run_local(fn, tasks, bar, unit, max_retries, on_result, fail, postfix)
             else:
                 self._run_ray(fn, tasks, bar, unit, max_retries, num_cpus, num_gpus, on_result, fail, postfix)
         finally:
             bar.close()
         return failed
 
-    def _say_here(self, n_tasks: int, unit: str) -> None:
-        if self._said_here:
+    def _say_local(self, n_tasks: int, unit: str) -> None:
+        if self._said_local:
             return
-        self._said_here = True
+        self._said_local = True
         why = ("--ray never" if self.mode == "never" else
                f"one {unit}: no Ray start-up; --ray always or --address runs it on Ray")
-        print(f"running {'every' if n_tasks > 1 else 'the'} {unit} in this process ({why})", file=sys.stderr)
+        where = "this process" if self.in_process else "a local worker process"
+        print(f"running {'every' if n_tasks > 1 else 'the'} {unit} in {where} ({why})", file=sys.stderr)
 
     @staticmethod
-    def _run_here(fn, tasks, bar, on_result, fail, postfix) -> None:
-        """Each task in turn, here: the same function and error handling, nothing to retry."""
+    def _run_in_process(fn, tasks, bar, on_result, fail, postfix) -> None:
+        """Each task in turn in the driver: the same function and error handling, nothing to
+        retry (a crash is the driver's). A signal that arrived during a task ends the job after
+        it even if the task's own error handling swallowed it (the task's result is dropped)."""
         for task in tasks:
-            try:
-                result = call_task(task.name, fn, task.args)
-            except Exception as exc:  # KeyboardInterrupt (SIGINT / SIGTERM) goes to the caller
-                fail(task, 1, classify(exc)[1])
-            else:
+            with _signals_noted() as noted:
+                try:
+                    result = call_task(task.name, fn, task.args)
+                except Exception as exc:  # KeyboardInterrupt (SIGINT / SIGTERM) goes to the caller
+                    result, cause = None, f"the task raised {type(exc).__name__}: " \
+                                          f"{(str(exc).splitlines() or [''])[0][:300]}"
+                else:
+                    cause = None
+            if noted:
+                noted[0]()  # the handler's own way out (KeyboardInterrupt, Interrupted, ...)
+            if cause is None:
                 on_result(task, result)
+            else:
+                fail(task, 1, cause)
+            _advance(bar, task, postfix)
+
+    def _run_local(self, fn, tasks, bar, unit, max_retries, on_result, fail, postfix) -> None:
+        """Each task in turn in the local worker (restarted after it dies), retried as on Ray."""
+        for task in tasks:
+            attempt = 0
+            while True:
+                if self._local is None:
+                    self._local = LocalWorker()
+                ok, value, died = self._local.run(task.name, fn, task.args)
+                if ok:
+                    on_result(task, value)
+                    break
+                if died:
+                    self._local = None  # a new one for the next attempt or task
+                retry = died
+                if retry and attempt < max_retries:
+                    _say_retry(unit, task, attempt, max_retries, value)
+                    attempt += 1
+                    continue
+                fail(task, attempt + 1, value)
+                break
             _advance(bar, task, postfix)
 
     def _run_ray(self, fn, tasks, bar, unit, max_retries, num_cpus, num_gpus, on_result, fail, postfix) -> None:
@@ -220,14 +268,44 @@ class Runner:
             except Exception as exc:
                 retry, cause = classify(exc)
                 if retry and attempt < max_retries:
-                    print(f"{unit} {task.name} attempt {attempt + 1} failed: {cause}; retrying "
-                          f"({max_retries - attempt} left)", file=sys.stderr)
+                    _say_retry(unit, task, attempt, max_retries, cause)
                     pending.append((task, attempt + 1))
                     continue
                 fail(task, attempt + 1, cause)
             else:
                 on_result(task, result)
             _advance(bar, task, postfix)
+
+
+@contextmanager
+def _signals_noted():
+    """For the block, SIGINT / SIGTERM handlers that are Python callables also note the signal:
+    the list yielded gets a callable that re-delivers it to the handler."""
+    noted: list[Callable[[], None]] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def note(signum, frame):
+        handler = old[signum]
+        noted[:] = [lambda: handler(signum, None)]
+        handler(signum, frame)
+
+    for s, h in old.items():
+        if callable(h):
+            signal.signal(s, note)
+    try:
+        yield noted
+    finally:
+        for s, h in old.items():
+            if callable(h):
+                signal.signal(s, h)
+
+
+def _say_retry(unit: str, task: Task, attempt: int, max_retries: int, cause: str) -> None:
+    print(f"{unit} {task.name} attempt {attempt + 1} failed: {cause}; retrying ({max_retries - attempt} left)",
+          file=sys.stderr)
 
 
 def _advance(bar, task: Task, postfix: Callable[[], dict] | None) -> None:
@@ -249,10 +327,110 @@ def _ray_running() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# the local worker: one child process, tasks one at a time
+# ---------------------------------------------------------------------------------------------
+class LocalWorker:
+    """A spawned child Python that runs tasks sent over a pipe (module doc, "Without Ray")."""
+
+    POLL_S = 0.2
+
+    def __init__(self):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # no fork: the driver's threads and locks stay behind
+        self._conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child,), name="unisync-local-worker", daemon=True)
+        self.process.start()
+        child.close()
+
+    def run(self, name: str, fn: Callable, args: tuple) -> tuple[bool, Any, bool]:
+        """(True, result, False), or (False, cause in words, whether the child died: a retryable
+        cause, as a dead Ray worker). An interrupt of the driver (SIGINT / SIGTERM: KeyboardInterrupt
+        in this wait) kills the child first, so nothing of the task writes on."""
+        try:
+            try:
+                self._conn.send((name, fn, args))
+                while not self._conn.poll(self.POLL_S):
+                    if not self.process.is_alive():
+                        break
+                reply = self._conn.recv() if self._conn.poll() else None
+            except (EOFError, OSError):  # the pipe broke: the child is gone
+                reply = None
+        except BaseException:
+            self.kill()
+            raise
+        if reply is None:
+            self.kill()
+            return False, _death_cause(self.process.exitcode), True
+        if reply[0] == "ok":
+            return True, reply[1], False
+        return False, f"the task raised {reply[1]}: {(reply[2].splitlines() or [''])[0][:300]}", False
+
+    def kill(self) -> None:
+        """Kill the child and wait for it (its pid is gone before any clean-up looks)."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self._conn.close()
+
+    def stop(self) -> None:
+        """Let the child finish (it exits at once between tasks); kill it if it does not."""
+        if self.process.is_alive():
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+            self.process.join(timeout=10)
+        self.kill()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+
+def _serve(conn) -> None:
+    """The child's loop: run each task sent, reply ("ok", result) or ("raised", type, message)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it stops us
+    _die_with_parent()
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        name, fn, args = message
+        try:
+            reply = ("ok", call_task(name, fn, args))
+        except Exception as exc:  # the task's own failure: in words (its class may not pickle)
+            reply = ("raised", type(exc).__name__, str(exc))
+        try:
+            conn.send(reply)
+        except Exception as exc:  # a result that does not pickle
+            conn.send(("raised", type(exc).__name__, f"the task's result could not be sent back: {exc}"))
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when the driver dies (Linux), so no orphan writes the store on."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _death_cause(exitcode: int | None) -> str:
+    how = (f"killed by {signal.Signals(-exitcode).name}" if exitcode is not None and exitcode < 0
+           and -exitcode in signal.valid_signals() else f"exit code {exitcode}")
+    return f"the worker process died ({how}; e.g. the kernel's OOM killer, or a crash)"
+
+
+# ---------------------------------------------------------------------------------------------
 # the task: the fault hook, then the work
 # ---------------------------------------------------------------------------------------------
 def call_task(name: str, fn: Callable, args: tuple) -> Any:
-    """The body of every task, on a worker or here: `fn(*args)`, after the fault hook."""
+    """The body of every task, on a Ray worker or the local one: `fn(*args)`, after the fault hook."""
     inject_fault(name)
     return fn(*args)
 
@@ -285,9 +463,9 @@ def _same_name(entry: str, name: str) -> bool:
 
 
 def classify(exc: BaseException) -> tuple[bool, str]:
-    """(retry?, cause in words) for an exception a task raised (through `ray.get`, or here)."""
+    """(retry?, cause in words) for an exception `ray.get` raised for a task."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    rex = sys.modules.get("ray.exceptions")  # not imported: the task ran here, no Ray involved
+    rex = sys.modules.get("ray.exceptions")
     if rex is not None:
         if isinstance(exc, rex.OutOfMemoryError):
             return True, ("out of memory: Ray's memory monitor killed the worker (the node ran short of "
@@ -382,14 +560,15 @@ def add_runner_options(parser, workers_help: str = "concurrent tasks (default: e
     parser.add_argument("--ray-timeout", type=float, default=DEFAULT_RAY_TIMEOUT_S, metavar="S",
                         help="seconds Ray may take to start (or to connect to --address); then exit 4")
     parser.add_argument("--ray", choices=MODES, default="auto", dest="ray_mode",
-                        help="auto: a job of one task runs in this process (no Ray start-up) unless "
-                             "--address / RAY_ADDRESS; always: always on Ray; never: every task in "
-                             "this process, one at a time")
+                        help="auto: a job of one task runs in a local worker process (no Ray start-up) "
+                             "unless --address / RAY_ADDRESS; always: always on Ray; never: every "
+                             "task in the local worker, one at a time")
 
 
-def runner_from_args(args, after_start: Callable[[], None] | None = None, mode: str | None = None) -> Runner:
+def runner_from_args(args, after_start: Callable[[], None] | None = None, mode: str | None = None,
+                     in_process: bool = False) -> Runner:
     """The Runner of parsed add_runner_options arguments (`mode` overrides --ray; ValueError on a
     bad value)."""
     if not args.ray_timeout > 0:
         raise ValueError(f"--ray-timeout must be positive, got {args.ray_timeout}")
-    return Runner(args.address, args.workers, args.ray_timeout, mode or args.ray_mode, after_start)
+    return Runner(args.address, args.workers, args.ray_timeout, mode or args.ray_mode, after_start, in_process)

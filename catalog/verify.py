@@ -25,6 +25,7 @@ from pathlib import Path
 
 from catalog.build import read_table
 from catalog.layout import field_dir, read_store_json, shard_name, sidecar_path, tar_path
+from catalog.plan import read_plan_table
 from catalog.sidecar import parse_sidecar
 from catalog.tars import check_complete, iter_members, sha256, sha256_file
 
@@ -48,11 +49,18 @@ def verify(store: Path, dataset: str | None = None, fields: list[str] | None = N
            max_listed: int = 20, deep: bool = False) -> dict:
     """The verification report: {"ok", "problems": [...], "lost", "duplicated", "checked", ...}."""
     store = Path(store)
-    table = read_table(store, "utterances")
+    warnings: list[str] = []
+    try:
+        table = read_table(store, "utterances")
+    except FileNotFoundError:  # a first run that has not ended: check the tars against its plan
+        table = read_plan_table(store)
+        if table.num_rows == 0:
+            raise
+        warnings.append("no catalog yet: the first extraction run has not finished; tars checked "
+                        "against the plan")
     table = table.select([c for c in table.column_names if c in PLAN_KEYS or c.startswith("field_")])
     utts = [u for u in table.to_pylist() if dataset is None or u["dataset"] == dataset]
     problems: list[dict] = []
-    warnings: list[str] = []
     try:
         field_rows = {(r["dataset"], r["shard_id"], r["field"]): r
                       for r in read_table(store, "fields").to_pylist()}
@@ -209,7 +217,8 @@ def verify(store: Path, dataset: str | None = None, fields: list[str] | None = N
                 lost.append({"dataset": u["dataset"], "utt_id": u["utt_id"], "field": field})
             elif n > 1:
                 duplicated.append({"dataset": u["dataset"], "utt_id": u["utt_id"], "field": field, "copies": n})
-    return {"store": str(store), "ok": not problems and not lost and not duplicated,
+    complete = not any(w.startswith("no catalog yet") for w in warnings)
+    return {"store": str(store), "ok": complete and not problems and not lost and not duplicated,
             "datasets": datasets, "fields": fields,
             "checked": {"shards": len(plan), "utterances": len(utts), **checked},
             "n_problems": len(problems), "problems": problems,

@@ -4,8 +4,8 @@
     ray job submit --working-dir . -- python pipelines/extract.py --dataset lrs2 --root ... --store ...
 
 Without a cluster address (and no RAY_ADDRESS, which `ray job submit` sets) it starts a local Ray;
-a corpus of one shard runs in this process instead (no Ray start-up; --ray always keeps Ray, see
-catalog/jobs.py for why that is safe and what a crash then does).
+a corpus of one shard runs in a local worker process instead (no Ray start-up; --ray always keeps
+Ray; catalog/jobs.py says why a child process and what a crash then does).
 Re-running skips intact (shard, field) pairs (catalog/sidecar.py: a tar whose SHA-256 no longer
 matches its sidecar, a broken sidecar, or a pair that failed at job level is redone); --overwrite
 redoes them (`--overwrite --fields X` rewrites X's tars and merges X's facts into meta).
@@ -94,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_runner(args: argparse.Namespace) -> Runner:
     """The job's task runner (catalog/jobs.py): Ray starts when a phase first needs it (or the
-    phase runs here: one shard), within --ray-timeout (job.RayStartError otherwise), with
+    phase runs in a local worker: one shard), within --ray-timeout (job.RayStartError otherwise), with
     SIGINT/SIGTERM ours again after ray.init (which sets its own SIGTERM handler)."""
     return runner_from_args(args, after_start=job.install_handlers)
 
@@ -183,7 +183,7 @@ def extract_fields(runner: Runner, store: Path, args: argparse.Namespace, plan: 
     from pipelines.shard_failures import write_failed_shard
 
     options = Options(hubert_model=hubert_model(args), hubert_layer=args.hubert_layer)
-    has_gpu = runner.has_gpu(len(shards_of(plan)))  # in this process: every field in one phase
+    has_gpu = runner.has_gpu(len(shards_of(plan)))  # a local worker: every field in one phase
     on_gpu = [f for f in fields if f in FIELDS and FIELDS[f].gpu and has_gpu]
     first = [f for f in fields if f != "tdmm" and f not in on_gpu]
     meta = ["meta"] if "meta" in fields else []

@@ -7,10 +7,15 @@ formant-filtered glottal pulse train, words separated by silences) and a video
 whose mouth is driven, frame by frame, by the loudness and the current vowel
 of the *unshifted* speech around each frame's presentation time.
 
-Outputs per utterance (``root/<speaker>/<utt>.mp4`` + ``.json``): H.264
-(libx264, yuv420p) + AAC mono in an MP4 container, and a ground-truth JSON
+Outputs per utterance (``root/<speaker>/<utt>.mp4`` + ``.json`` + ``.txt``):
+H.264 (libx264, yuv420p) + AAC mono in an MP4 container, a ground-truth JSON
 (frame times, mouth opening / width / loudness per written frame, syllables,
-speaker style).
+speaker style, transcript) and the transcript a lip reader can learn from
+(``transcript_of``): the vowel of each syllable, the syllables of a word run
+together, words separated by spaces (``"ae iou a"``). Vowels are what the
+mouth shows (opening and spread); the consonant bursts leave no visible
+trace, so they are not written. The folder adapter reads the ``.txt`` into
+the catalog's ``transcript`` column.
 
 Variants for sync tests: ``audio_shift_frames=k`` delays the audio track by
 ``k * 640`` samples (k > 0: the sound comes later than the mouth), ``fps``
@@ -269,6 +274,15 @@ def synthesize_speech(speaker: SpeakerStyle, rng: np.random.Generator, duration_
         for k in ("start", "end", "vowel_start"):
             syl[k] = round(float(syl[k]), 5)
     return out.astype(np.float32), syllables
+
+
+def transcript_of(syllables: list[dict]) -> str:
+    """The vowels the mouth shows: one letter per syllable, a word's letters together, words
+    separated by single spaces."""
+    words: dict[int, str] = {}
+    for syl in syllables:
+        words[syl["word"]] = words.get(syl["word"], "") + syl["vowel"]
+    return " ".join(words[w] for w in sorted(words))
 
 
 def shift_audio(audio: np.ndarray, shift_frames: int) -> np.ndarray:
@@ -754,6 +768,7 @@ def render_utterance(speaker: SpeakerStyle, rng: np.random.Generator, seconds: f
         "loudness": [round(float(v), 6) for v in states["loudness"]],
         "blink": [round(float(v), 4) for v in blink],
         "syllables": syllables,
+        "transcript": transcript_of(syllables),
         "speaker": speaker.to_json(),
     }
     return frames, times, audio, truth
@@ -844,7 +859,7 @@ def generate_corpus(root: Path, n_speakers: int = 8, n_utterances: int = 6, seed
                     min_seconds: float = 3.0, max_seconds: float = 6.0, fps: float = 25.0,
                     audio_shift_frames: int = 0, uneven_timing: bool = False,
                     size: int = 224, progress: bool = True) -> list[Path]:
-    """Writes root/<speaker_id>/<utt>.mp4 and root/<speaker_id>/<utt>.json; returns the mp4 paths (sorted)."""
+    """Writes root/<speaker_id>/<utt>.mp4, .json and .txt (transcript); returns the mp4 paths (sorted)."""
     root = Path(root)
     jobs = [(s, u) for s in range(n_speakers) for u in range(n_utterances)]
     bar = None
@@ -867,6 +882,7 @@ def generate_corpus(root: Path, n_speakers: int = 8, n_utterances: int = 6, seed
         verify_mp4(mp4, times, len(audio))
         meta = {"utt_id": f"{spk}/{utt}", "speaker_id": spk, "seed": int(seed), **truth}
         mp4.with_suffix(".json").write_text(json.dumps(meta))
+        mp4.with_suffix(".txt").write_text(truth["transcript"] + "\n")  # the folder adapter's transcript
         paths.append(mp4)
         if bar is not None:
             bar.update(1)

@@ -1,10 +1,16 @@
-"""The one job runner (catalog/jobs.py): a job of one task runs in this process without starting
-Ray, with the same error handling; on Ray a task whose worker dies is retried by the driver at
-most --max-retries times, and a task whose own code raises is not retried."""
+"""The one job runner (catalog/jobs.py): a job of one task runs in a local worker process without
+starting Ray, with the same error handling; a worker that dies is retried by the driver at most
+--max-retries times, a task whose own code raises is not retried; an interrupted driver kills its
+local worker before anything else runs. (Ray's side of the same loop: tests/test_extract.py,
+a shard whose worker always dies.)"""
 from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -14,35 +20,68 @@ from catalog.jobs import FAULT_ENV, Runner, Task, _same_name
 def collect():
     """on_result / on_failure callbacks and what they received."""
     got = {"results": {}, "failures": {}}
-    return got, (lambda t, r: got["results"].__setitem__(t.name, r)), (lambda t, c: got["failures"].__setitem__(t.name, c))
+    return (got, lambda t, r: got["results"].__setitem__(t.name, r),
+            lambda t, c: got["failures"].__setitem__(t.name, c))
 
 
-def test_a_job_of_one_task_runs_here_without_starting_ray(capsys):
+def sleeper(path: str, seconds: float) -> None:
+    """A task that says where it runs (its pid, in `path`) and then takes a while."""
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(seconds)
+
+
+def swallows_an_interrupt() -> str:
+    """A task whose own error handling eats the interrupt (as a C extension's import turning
+    KeyboardInterrupt into ImportError, caught by per-item handling, does)."""
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+    except BaseException:
+        pass
+    return "finished as if nothing happened"
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def no_ray():
     import ray
 
     if ray.is_initialized():
         pytest.skip("another test left Ray running in this process (the runner would use it)")
+    yield ray
+    assert not ray.is_initialized(), "no Ray was started"
+
+
+def test_a_job_of_one_task_runs_in_a_local_worker_without_ray(no_ray, capsys):
     runner = Runner(workers=2)
     got, ok, bad = collect()
-    assert runner.runs_here(1) and not runner.runs_here(2)
-    assert runner.run(os.getpid, [Task("only")], desc="one", unit="shard", on_result=ok, on_failure=bad) == 0
-    assert got["results"] == {"only": os.getpid()}  # ran in this very process
-    # the same error handling as a worker's: the task's exception is a failure in words, no retry
-    assert runner.run(int, [Task("bad", ("x",))], desc="one", unit="shard", max_retries=3,
-                      on_result=ok, on_failure=bad) == 1
+    assert runner.runs_local(1) and not runner.runs_local(2)
+    with runner:
+        assert runner.run(os.getpid, [Task("only")], desc="one", unit="shard", on_result=ok, on_failure=bad) == 0
+        worker = got["results"]["only"]
+        assert isinstance(worker, int) and worker != os.getpid(), "a child process, not the driver"
+        # the same error handling as a Ray worker's: the task's exception is a failure in words, no retry
+        assert runner.run(int, [Task("bad", ("x",))], desc="one", unit="shard", max_retries=3,
+                          on_result=ok, on_failure=bad) == 1
     assert got["failures"] == {"bad": "shard failed after 1 attempt(s): the task raised ValueError: "
                                       "invalid literal for int() with base 10: 'x'"}
-    assert not ray.is_initialized(), "no Ray was started"
-    said = [line for line in capsys.readouterr().err.splitlines() if "in this process" in line]
-    assert said == ["running the shard in this process (one shard: no Ray start-up; --ray always or "
-                    "--address runs it on Ray)"], said  # said once per runner
-    runner.close()
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "local worker" in line]
+    assert said == ["running the shard in a local worker process (one shard: no Ray start-up; --ray "
+                    "always or --address runs it on Ray)"], said  # said once per runner
+    assert "attempt" not in err and not alive(worker), "not retried; the worker stops with the runner"
 
-    never = Runner(mode="never")
     got, ok, bad = collect()
-    assert never.run(os.getpid, [Task(f"t{i}") for i in range(3)], desc="all", on_result=ok) == 0
-    assert got["results"] == {f"t{i}": os.getpid() for i in range(3)} and not ray.is_initialized()
-    assert not Runner(address="ray://nowhere:1").runs_here(1), "an address always means Ray"
+    with Runner(mode="never") as never:
+        assert never.run(os.getpid, [Task(f"t{i}") for i in range(3)], desc="all", on_result=ok) == 0
+    assert len(set(got["results"].values())) == 1, "one local worker serves the job's tasks in turn"
+    assert not Runner(address="ray://nowhere:1").runs_local(1), "an address always means Ray"
 
 
 def test_fault_names():
@@ -50,26 +89,56 @@ def test_fault_names():
     assert not _same_name("folder-3", "folder-000030") and not _same_name("lrs2-3", "folder-000003")
 
 
-def test_a_dying_task_is_retried_at_most_max_retries_times(monkeypatch, capsys):
-    """One private local Ray: task t-000001's worker dies on every attempt (the FAULT_ENV hook,
-    os._exit as after an OOM kill): 1 + 2 attempts, then a failure naming the cause; a task that
-    raises is not retried; the others run on workers, not here."""
-    import ray
-
+def test_a_dying_local_worker_is_retried_at_most_max_retries_times(no_ray, monkeypatch, capsys):
+    """Task t-000001's worker dies on every attempt (the FAULT_ENV hook: os._exit, as after an
+    OOM kill): 1 + 2 attempts, each in a new worker, then a failure naming the cause; the job goes
+    on with a fresh worker."""
     monkeypatch.setenv(FAULT_ENV, "t-1")
-    runner = Runner(workers=2, mode="always")
     got, ok, bad = collect()
-    tasks = [Task("t-000000"), Task("t-000001"), Task("t-000002"), Task("raises")]
-    with runner:
-        failed = runner.run(os.getpid, tasks[:3], desc="pids", max_retries=2, on_result=ok, on_failure=bad)
-        failed += runner.run(int, [Task("raises", ("x",))], desc="raises", max_retries=2, on_result=ok,
-                             on_failure=bad)
-        assert ray.is_initialized()
-    assert not ray.is_initialized(), "close() shuts down the Ray it started"
-    assert failed == 2 and set(got["results"]) == {"t-000000", "t-000002"}
-    assert all(pid != os.getpid() for pid in got["results"].values()), "ran on Ray workers"
-    assert got["failures"]["t-000001"].startswith("task failed after 3 attempt(s): the worker process died")
-    assert got["failures"]["raises"].startswith("task failed after 1 attempt(s): the task raised ValueError")
+    with Runner(mode="never") as runner:
+        failed = runner.run(os.getpid, [Task(f"t-{i:06d}") for i in range(3)], desc="pids", max_retries=2,
+                            on_result=ok, on_failure=bad)
+    assert failed == 1 and set(got["results"]) == {"t-000000", "t-000002"}
+    assert got["results"]["t-000000"] != got["results"]["t-000002"], "a new worker after the deaths"
+    assert got["failures"]["t-000001"] == ("task failed after 3 attempt(s): the worker process died (exit "
+                                           "code 137; e.g. the kernel's OOM killer, or a crash)")
     err = capsys.readouterr().err
     assert re.findall(r"task t-000001 attempt (\d+) failed", err) == ["1", "2"]  # then no third retry
-    assert "task raises attempt" not in err
+
+
+def test_an_interrupted_driver_kills_its_local_worker_first(no_ray, tmp_path):
+    """Ctrl-C reaches the whole process group: the worker ignores it, the driver's wait raises
+    KeyboardInterrupt, and by then the worker is gone (nothing of the task writes on while the
+    driver's clean-up runs)."""
+    pid_file = tmp_path / "pid"
+    timeline = []
+
+    def interrupt() -> None:
+        while not pid_file.exists() or not pid_file.read_text():
+            time.sleep(0.02)
+        worker = int(pid_file.read_text())
+        os.kill(worker, signal.SIGINT)  # the group's Ctrl-C: ignored by the worker
+        time.sleep(0.3)
+        timeline.append(alive(worker))
+        os.kill(os.getpid(), signal.SIGINT)  # ... and the driver's
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    runner = Runner(mode="never")
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(sleeper, [Task("sleeps", (str(pid_file), 60))], desc="sleeps")
+    worker = int(pid_file.read_text())
+    assert timeline == [True], "the worker ignores SIGINT"
+    assert not alive(worker), "the driver killed its worker before its own clean-up"
+    assert time.perf_counter() - started < 30
+    runner.close()
+
+
+def test_in_process_runs_in_the_driver_and_a_swallowed_interrupt_still_ends_the_job(no_ray):
+    got, ok, bad = collect()
+    runner = Runner(in_process=True, mode="never")
+    assert runner.run(os.getpid, [Task("here")], desc="here", on_result=ok) == 0
+    assert got["results"] == {"here": os.getpid()}
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(swallows_an_interrupt, [Task("eats"), Task("next")], desc="eats", on_result=ok, on_failure=bad)
+    assert set(got["results"]) == {"here"} and not got["failures"], "its result is dropped, nothing after it runs"

@@ -6,6 +6,11 @@ streaming (every frame decoded at full resolution, then stacked) the same run pe
 2.6 GB (3.8 GB at 12 s: it grew by ~2 x 6.2 MB per frame); streamed, but with glibc's dynamic
 mmap threshold (freed frame holes pinned by small outputs), it grew ~3.6 MB per frame (~1.3 GB
 here); now it measures ~1.05 GiB here and 0.67 GiB on a 60 s clip (the libraries and allocator, not the clip).
+
+Long utterances (no --max-seconds): the JPEG sequences, the landmarks and the tracker's points go
+to spill files, and mel, fbank, parsing and tdmm are computed in chunks; the tests below run a
+5 s clip through every one of those paths with tiny thresholds and compare the stored bytes with
+the in-memory path's, and check the chunked audio features and block landmarks bit for bit.
 """
 from __future__ import annotations
 
@@ -262,3 +267,23 @@ def test_block_landmarks_equal_the_whole_clip_rule(monkeypatch):
         got = face.crop_landmarks(store, store.found(), boxes_c, 5)
         assert got.tobytes() == whole_clip_landmarks(points, found, boxes_c, 5).tobytes(), n
         assert n < 100 or store.on_disk > 0
+
+
+@pytest.mark.skipif(not any(REAL_CORPUS.glob("*/*.mp4")), reason=f"real clips not found at {REAL_CORPUS}")
+def test_streamed_resampling_equals_resampling_the_whole_signal():
+    """44.1 kHz speech resampled frame by frame as it is decoded gives the samples librosa's
+    soxr_hq gives on the whole signal (so a long 48 kHz source is never held at 48 kHz)."""
+    import av
+    import librosa
+
+    from features.media import StreamResampler, samples_as_float
+
+    path = next(p for p in sorted(REAL_CORPUS.glob("*/*.mp4")) if av.open(str(p)).streams.audio[0].rate != 16000)
+    with av.open(str(path)) as container:
+        rate = container.streams.audio[0].rate
+        raw = np.concatenate([samples_as_float(f).mean(axis=0) for f in container.decode(audio=0)])
+    whole = librosa.resample(raw, orig_sr=rate, target_sr=16000, res_type="soxr_hq")
+    for chunk in (1024, 4411, len(raw)):
+        stream = StreamResampler(rate)
+        parts = [stream.add(raw[i:i + chunk]) for i in range(0, len(raw), chunk)] + [stream.flush()]
+        assert np.array_equal(stream.fit(np.concatenate(parts)), whole), chunk

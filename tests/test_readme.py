@@ -124,8 +124,17 @@ def synced(quickstart, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = UniSync("mel_landmarks", width=0.25)
     save_checkpoint(home / "random.pt", model, torch.optim.Adam(model.parameters()), 0, {})
-    run(["unisync-sync-pass", "--store", "store", "--scorer", "unisync:random.pt"], home)
+    sync_pass = console_script("unisync-sync-pass")  # in this process: torch is loaded already
+    assert sync_pass(["--store", str(home / "store"), "--scorer", f"unisync:{home / 'random.pt'}",
+                      "--ray", "never"]) == 0
     return home
+
+
+def console_script(name: str):
+    """The installed entry point's function (pyproject.toml [project.scripts])."""
+    eps = {ep.name: ep for ep in distribution("unisync").entry_points if ep.group == "console_scripts"}
+    assert name in eps, f"the README names {name}, which pyproject.toml does not install"
+    return eps[name].load()
 
 
 def rows_of(store: Path, query: str) -> int:
@@ -198,12 +207,11 @@ def test_the_data_api_examples_run_on_the_quickstart_store(quickstart, monkeypat
 @lru_cache(maxsize=None)
 def help_text(script: str, *sub: str) -> str:
     """`script [sub] --help`, through the installed entry point, in this process."""
-    eps = {ep.name: ep for ep in distribution("unisync").entry_points if ep.group == "console_scripts"}
-    assert script in eps, f"the README names {script}, which pyproject.toml does not install"
+    main = console_script(script)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
         with contextlib.suppress(SystemExit):
-            eps[script].load()([*sub, "--help"])
+            main([*sub, "--help"])
     return buf.getvalue()
 
 

@@ -102,10 +102,11 @@ def test_extract_sends_the_sync_pass_to_its_own_command(tmp_path, capsys, flags)
 
 
 def test_sync_pass_on_an_extracted_store_of_one_shard(tmp_path, capsys):
-    """A real store of one shard (3 synthetic speakers, extracted in this process: one shard needs
-    no Ray), scored by both registry scorers through the store's reader: in this process too (Ray
-    never starts), every utterance scored, and the catalog rebuilt with the split settings the
-    store was extracted with (store.json), not the sync pass's own; an option given overrides them."""
+    """A real store of one shard (3 synthetic speakers, extracted in a local worker: one shard
+    needs no Ray), scored by SyncNet through the store's reader (stored audio, landmarks and meta;
+    the UniSync branch: the test above), again without Ray: every utterance scored, and the
+    catalog rebuilt with the split settings the store was extracted with (store.json), not the
+    sync pass's own; an option given overrides them."""
     import pyarrow.parquet as pq
     import ray
 
@@ -113,8 +114,6 @@ def test_sync_pass_on_an_extracted_store_of_one_shard(tmp_path, capsys):
     from catalog.splits import speaker_disjoint_splits
     from pipelines.extract import main as extract
     from pipelines.synthetic import generate_corpus
-    from training.model import UniSync
-    from training.runtime import model_config
     from training.sync.sync_pass import main as sync_pass
     from training.sync.syncnet import save_random_weights
 
@@ -127,25 +126,22 @@ def test_sync_pass_on_an_extracted_store_of_one_shard(tmp_path, capsys):
                     "--fields", "audio", "mel", "landmarks", "meta", "--val", "0.34", "--test", "0.34",
                     "--split-seed", "5"]) == 0
     assert read_store_json(store)["splits"] == {"val": 0.34, "test": 0.34, "seed": 5}
-    splits = lambda: {r["speaker_id"]: r["split"] for r in pq.read_table(table_path(store, "utterances")).to_pylist()}  # noqa: E731
+    def splits() -> dict[str, str]:
+        return {r["speaker_id"]: r["split"] for r in pq.read_table(table_path(store, "utterances")).to_pylist()}
+
     extracted = splits()
     assert extracted == speaker_disjoint_splits(list(extracted), 0.34, 0.34, seed=5)
     default = speaker_disjoint_splits(list(extracted))  # what the sync pass's own defaults would give
     assert default != extracted, "the test needs a seed whose split differs from the default one"
-    torch.manual_seed(0)
-    model = UniSync("mel_landmarks", width=0.25)
-    ckpt = tmp_path / "random.pt"
-    torch.save({"model": model.state_dict(), "config": model_config(model), "args": {}, "step": 0}, ckpt)
     weights = save_random_weights(tmp_path / "syncnet_v2.model", seed=1)
     capsys.readouterr()
-    for spec in (f"unisync:{ckpt}", f"syncnet:{weights}"):
-        assert sync_pass(["--store", str(store), "--scorer", spec, "--overwrite"]) == 0
-        [report] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert report["scored"] == 3 and report["failed_shards"] == [], report
-        rows = pq.read_table(table_path(store, "utterances")).to_pylist()
-        assert all(r["sync_scorer"].startswith(spec.split(":")[0] + ":") for r in rows)
-        assert all(-15 <= r["sync_offset"] <= 15 and r["sync_confidence"] >= 0 for r in rows)
-        assert splits() == extracted, "the rebuilt catalog keeps the store's splits"
+    assert sync_pass(["--store", str(store), "--scorer", f"syncnet:{weights}"]) == 0
+    [report] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["scored"] == 3 and report["failed_shards"] == [], report
+    rows = pq.read_table(table_path(store, "utterances")).to_pylist()
+    assert all(r["sync_scorer"].startswith("syncnet:") for r in rows)
+    assert all(-15 <= r["sync_offset"] <= 15 and r["sync_confidence"] >= 0 for r in rows)
+    assert splits() == extracted, "the rebuilt catalog keeps the store's splits"
     assert not ray.is_initialized(), "a store of one shard is scored without starting Ray"
     assert sync_pass(["--store", str(store), "--scorer", f"syncnet:{weights}", "--split-seed", "0"]) == 0
     assert splits() == speaker_disjoint_splits(list(extracted), 0.34, 0.34, seed=0), \

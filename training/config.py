@@ -9,7 +9,9 @@ import argparse
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from features.cli import HelpFormatter
-from training.combos import COMBOS, DEFAULT_MARGINS, parse_combo
+from training.combos import AVSYNC_COMBOS, COMBOS, DEFAULT_MARGINS, parse_combo
+
+ALL_COMBOS = COMBOS + tuple(c for c in AVSYNC_COMBOS if c not in COMBOS)
 
 
 def _opt(default, help: str, **cli):
@@ -19,7 +21,9 @@ def _opt(default, help: str, **cli):
 @dataclass
 class TrainConfig:
     combo: str = _opt(MISSING, f"<audio>_<visual> representations: {', '.join(COMBOS)} ('all': "
-                               "--print-model only)", choices=COMBOS + ("all",), required=True, metavar="COMBO")
+                               "--print-model only); --model avsync: "
+                               f"{', '.join(AVSYNC_COMBOS)}", choices=ALL_COMBOS + ("all",), required=True,
+                    metavar="COMBO")
     store: str | None = _opt(None, "store root (holds catalog/ and shards/)")
     out: str | None = _opt(None, "run directory for checkpoints and metrics")
     steps: int = _opt(20000, "optimiser steps (total, resume included)")
@@ -64,12 +68,27 @@ class TrainConfig:
                                      "dropped and counted (catalog/sync_correction.py)")
     landmarks_center: bool = _opt(True, "subtract each utterance's mean landmark shape / 3DMM coefficients",
                                   aliases=("--center",))
+    model: str = _opt("unisync", "the expert: unisync (UniSync, Eq. 1 margin BCE) or avsync (SyncTalklip's "
+                                 "AV-SyncNet, Eq. 6 = L_av + L_lip: training/avsync_train.py)",
+                      choices=("unisync", "avsync"))
+    preset: str = _opt("tiny", "--model avsync size: micro (tests), tiny (2-core demo), small, paper "
+                               "(24 blocks x 1024: training/avsync.py PRESETS)",
+                       choices=("micro", "tiny", "small", "paper"))
+    lambda_av: float = _opt(1.0, "--model avsync: weight of the sync term (Eq. 6's lambda_av; 0: L_lip only)")
+    lambda_lip: float = _opt(1.0, "--model avsync: weight of L_lip (Eq. 6's lambda_lip; 0: L_av only)")
+    contrastive: str = _opt("theta", "--model avsync sync term: theta (Eq. 5's L_av on the sampler's pairs) "
+                                     "or infonce (the conventional contrastive loss on its positives)",
+                            choices=("theta", "infonce"))
+    tau: float = _opt(1.0, "--model avsync: Eq. 5's tau (multiplies |f^a - f^v| before F)")
+    infonce_temperature: float = _opt(0.1, "--contrastive infonce: the cosine logits' temperature")
+    lip_batch: int = _opt(8, "--model avsync: whole transcribed train utterances per step for L_lip")
+    lip_max_frames: int = _opt(250, "--model avsync: utterances longer than this are left out of L_lip")
     print_model: bool = _opt(False, "print parameters and multiply-adds per pair of --combo at --width and exit")
     no_progress: bool = _opt(False, "no progress bar")
 
     def margins_pair(self) -> tuple[float, float]:
-        if self.margins in (None, ""):
-            return DEFAULT_MARGINS[parse_combo(self.combo)[0]]
+        if self.margins in (None, ""):  # fbank combos train AV-SyncNet only, which has no margins
+            return DEFAULT_MARGINS.get(parse_combo(self.combo)[0], DEFAULT_MARGINS["mel"])
         same, cross = (float(x) for x in str(self.margins).split(","))
         return same, cross
 

@@ -142,6 +142,8 @@ def sync_matrix(model: torch.nn.Module, utt: Utterance, batch_size: int = 256,
             v_emb.append(model.embed_visual(v).float())
             a_emb.append(model.embed_audio(a).float())
     model.train(was_training)
+    if hasattr(model, "pair_matrix"):  # AV-SyncNet: per-frame embeddings, its own p_sync
+        return model.pair_matrix(torch.cat(v_emb), torch.cat(a_emb)).float().cpu().numpy()
     v = F.normalize(torch.cat(v_emb), dim=1, eps=1e-8)
     a = F.normalize(torch.cat(a_emb), dim=1, eps=1e-8)
     return (v @ a.T).clamp(0.0, 1.0).cpu().numpy()

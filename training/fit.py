@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from training.avsync_train import AVSyncExpert
 from training.combos import COMBOS, combo_fields, parse_combo
 from training.config import TrainConfig, build_parser, parse_args  # noqa: F401 (re-exported)
 from training.data import StoreError, Utterance, load_splits
@@ -115,7 +116,10 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.threads or (device.type == "cpu" and workers):  # leave the loader workers their cores
         torch.set_num_threads(cfg.threads or max(1, default_workers(dist.local_world) + 1 - workers))
     torch.manual_seed(cfg.seed)
-    audio, visual = parse_combo(cfg.combo)
+    try:
+        audio, visual = parse_combo(cfg.combo, cfg.model)
+    except ValueError as exc:  # e.g. --combo fbank_lip without --model avsync
+        raise SystemExit(f"fit.py: {exc}") from None
     margins = cfg.margins_pair()
 
     # data: this rank's train shards behind the loader; rank 0 also holds the held-out splits
@@ -130,6 +134,9 @@ def train(cfg: TrainConfig) -> dict:
         first = data.first_utterance()
         held = load_splits(cfg.store, combo_fields(cfg.combo), ["val", "test"],
                            landmarks_center=cfg.landmarks_center) if master else {}
+        # --model avsync: AV-SyncNet, its tokenizer and L_lip's stream (training/avsync_train.py)
+        expert = AVSyncExpert.from_config(cfg, dist.rank, dist.world, first, row_size(first, visual),
+                                          row_size(first, audio)) if cfg.model == "avsync" else None
     except BaseException:
         dist.close()
         raise
@@ -140,15 +147,16 @@ def train(cfg: TrainConfig) -> dict:
     load_seconds = time.perf_counter() - started
 
     # model and optimiser (same init on every rank; DDP also broadcasts rank 0's weights)
-    raw_model = UniSync(cfg.combo, cfg.width, cfg.depth, row_size(first, visual),
-                        row_size(first, audio)).to(device)
-    if device.type == "cpu":  # matches Batch.to: channels-last convolutions are faster on CPU
+    raw_model = expert.model.to(device) if expert else UniSync(
+        cfg.combo, cfg.width, cfg.depth, row_size(first, visual), row_size(first, audio)).to(device)
+    if device.type == "cpu" and not expert:  # matches Batch.to: channels-last convolutions are faster on CPU
         raw_model = raw_model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(raw_model.parameters(), cfg.lr, cfg.weight_decay)
     model = raw_model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
-        model = DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=expert is not None)  # a lambda of 0
     n_params = count_parameters(raw_model)
 
     # resume: weights, optimiser, step, best-so-far, every rank's loader positions
@@ -175,6 +183,8 @@ def train(cfg: TrainConfig) -> dict:
                   "samplers restart from their seeds", file=sys.stderr)
         if "torch_rng" in ckpt:
             torch.set_rng_state(ckpt["torch_rng"])
+        if expert:
+            expert.restore(ckpt, dist.rank)
     elif cfg.resume and master:
         print(f"warning: --resume: no {ckpt_path}; training starts at step 0", file=sys.stderr)
     if master:  # data, model and checkpoint are good: only now does the run folder appear
@@ -186,7 +196,8 @@ def train(cfg: TrainConfig) -> dict:
               f"{len(ranks[0]['shards'])} of {len(data.spec.all_shards)} train shards; val "
               f"{len(held['val'])}, test {len(held['test'])}; loaded in {load_seconds:.1f}s"
               + (f"; resumed at step {start}" if start else "")
-              + (f"; sync correction {ranks[0]['sync_correction']}" if "sync_correction" in ranks[0] else ""),
+              + (f"; sync correction {ranks[0]['sync_correction']}" if "sync_correction" in ranks[0] else "")
+              + (f"; avsync {expert.describe()}" if expert else ""),
               file=sys.stderr)
 
     metrics = None
@@ -200,11 +211,13 @@ def train(cfg: TrainConfig) -> dict:
 
     def checkpoint(done: int) -> None:
         states = dist.gather(data.state())  # every rank takes part
+        lip_states = dist.gather(expert.stream_state()) if expert else None
         if master:
             save_checkpoint(ckpt_path, raw_model, optimizer, done, cfg.as_dict(),
                             {"best_acc": best_acc, "best_step": best_step, "rank_states": states,
                              "pending_losses": list(losses), "torch_rng": torch.get_rng_state(),
-                             "world": dist.world})
+                             "world": dist.world,
+                             **({"lip_states": lip_states, **expert.extra()} if expert else {})})
 
     # the loop
     t0 = time.perf_counter()
@@ -216,9 +229,13 @@ def train(cfg: TrainConfig) -> dict:
         raw = next(batches)
         data.consumed(raw)
         batch = raw.to(device)
-        with autocast(device, use_amp):
-            p = model(batch.visual, batch.audio)
-        loss = margin_bce(p.float(), batch.label, margins_for(batch.kind, margins))
+        if expert:  # Eq. 6 on this pair batch and one lip batch
+            with autocast(device, use_amp):
+                loss = expert.loss(model, batch, device)
+        else:
+            with autocast(device, use_amp):
+                p = model(batch.visual, batch.audio)
+            loss = margin_bce(p.float(), batch.label, margins_for(batch.kind, margins))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -235,13 +252,16 @@ def train(cfg: TrainConfig) -> dict:
             record = {"step": done, "loss": dist.mean(sum(losses) / len(losses)),
                       "elapsed_s": round(time.perf_counter() - t0, 2), "pairs_drawn": data.drawn * dist.world}
             losses = []
+            if expert:
+                record.update(expert.log_terms())
             if master and evaluate_now:
                 report = evaluate(raw_model, val_set, device=device)
                 record["val_balanced_accuracy"] = report["balanced_accuracy"]
                 record["val_per_type"] = report["per_type"]
                 if report["balanced_accuracy"] > best_acc:
                     best_acc, best_step = report["balanced_accuracy"], done
-                    save_checkpoint(out / "best.pt", raw_model, optimizer, done, cfg.as_dict(), {"val": report})
+                    save_checkpoint(out / "best.pt", raw_model, optimizer, done, cfg.as_dict(),
+                                    {"val": report, **(expert.extra() if expert else {})})
             if master:
                 bar.note(loss=f"{record['loss']:.3f}", **({"val": f"{best_acc:.3f}"} if evaluate_now else {}))
                 metrics.write(json.dumps(record) + "\n")
@@ -276,6 +296,10 @@ def train(cfg: TrainConfig) -> dict:
         final[name] = full_report(raw_model, held, name, ratio=ratio, offsets=bool(cfg.offset_windows),
                                   shifts=cfg.shifts(), device=device, data=data_set,
                                   max_windows=cfg.offset_windows)
+        if expert:  # lip reading on the held-out speakers: CER, vowel CER, majority baseline
+            final[name].update(expert.report(raw_model, held[name], device))
+    if expert:
+        final["model"], final["avsync"] = "avsync", expert.describe()
     (out / "final.json").write_text(json.dumps(final, indent=2))
     return final
 

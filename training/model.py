@@ -263,7 +263,7 @@ class UniSync(nn.Module):
         depth = default_depth(width) if depth is None else depth
         self.combo, self.width, self.depth = combo, width, depth
         self.visual_dim, self.audio_dim = visual_dim, audio_dim
-        audio, visual = parse_combo(combo)
+        audio, visual = parse_combo(combo, "unisync")
         self.visual_adapter = visual_adapter(visual, width, depth, visual_dim)  # eps1
         self.audio_adapter = audio_adapter(audio, width, depth, audio_dim)  # eps3
         self.visual_pool = FixedPool(VISUAL_SHAPE[1:])

@@ -41,7 +41,10 @@ def autocast(device: torch.device | str, enabled: bool = True):
 
 
 def model_config(model: UniSync) -> dict:
-    """What `UniSync(**config)` needs to rebuild the model of a checkpoint."""
+    """What `UniSync(**config)` needs to rebuild the model of a checkpoint; a model with its own
+    `config()` (AV-SyncNet: training/avsync.py, whose config names it under `model`) gives that."""
+    if callable(getattr(model, "config", None)):
+        return model.config()
     return {"combo": model.combo, "width": model.width, "depth": model.depth,
             "visual_dim": model.visual_dim, "audio_dim": model.audio_dim}
 
@@ -174,7 +177,11 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     ckpt = read_checkpoint(path, map_location)
     config, weights = unisync_parts(path, ckpt)
     try:
-        model = UniSync(**config)
+        if config.get("model") == "avsync":  # an AV-SyncNet checkpoint (fit.py --model avsync)
+            from training.avsync import build_avsync
+            model = build_avsync(config)
+        else:
+            model = UniSync(**config)
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: its config {config} does not describe a UniSync model ({exc})") from None
     try:

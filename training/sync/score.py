@@ -17,7 +17,8 @@ Writes <out>/scores.csv (one row per video and protocol) and <out>/scores.json (
 31-value curves and framewise confidence, and the means per scorer and protocol). Many files run
 as Ray tasks (a private local Ray unless --address), one video per task, through the job runner
 (catalog/jobs.py): a task whose worker dies is retried up to --max-retries times, then its row
-names the cause. One video, or --workers 1, runs in this process (no Ray start-up).
+names the cause. One video, or --workers 1, runs in this process (no Ray start-up; rows come back
+and the outputs are written after the job, so a Ctrl-C during a video leaves no false row).
 
 --device auto (the default, as training/fit.py) picks the GPU when the process scoring a video
 sees one, else the CPU. Exit codes: 0 every video scored, 1 some failed (their rows say why), 2
@@ -160,11 +161,11 @@ def means(rows: list[dict]) -> list[dict]:
 def run_jobs(jobs: list[tuple[str, str]], config: dict, max_frames: int | None, args) -> list[dict]:
     """One row per (video, protocol), in `jobs` order: each a task of the job runner
     (catalog/jobs.py); a task that died for good is a row naming the cause."""
-    runner = runner_from_args(args, mode="never" if args.workers == 1 else None)  # --workers 1: here
-    here = runner.runs_here(len(jobs))
+    runner = runner_from_args(args, mode="never" if args.workers == 1 else None, in_process=True)
+    local = runner.runs_local(len(jobs))
     save = str(args.save_crops.resolve()) if args.save_crops else None
-    threads = args.threads if here else args.threads or 1  # here: torch's own default unless asked
-    if not here:
+    threads = args.threads if local else args.threads or 1  # local: torch's own default unless asked
+    if not local:
         clear_cache()  # the driver's model must not travel with the task's closure
     rows: list[dict] = []
 

@@ -5,7 +5,7 @@
 
 Run it after extraction (pipelines/extract.py): it scores what is stored, then rebuilds the catalog.
 Any scorer of the registry (training/sync/scorers.py) is a spec NAME:PATH. Per shard (one task of
-the job runner, catalog/jobs.py: on Ray, or in this process for a store of one shard), the scorer
+the job runner, catalog/jobs.py: on Ray, or a local worker process for a store of one shard), the scorer
 reads only what it needs through the store's one reader (catalog.reader), as stored (never
 sync-corrected: a re-run scores the data, not an earlier pass's correction), by its `stored_input`:
 - "utterance" (`unisync:CHECKPOINT`): the checkpoint's combo fields (e.g. mel + landmarks),
@@ -165,8 +165,8 @@ def run_sync_pass(runner: Runner, store: Path, dataset: str, spec: str, overwrit
     for r in all_rows:
         shards.setdefault(int(r["shard_id"]), []).append(r)
     todo = [s for s in sorted(shards) if overwrite or not is_done(store, dataset, s, scorer_id)]
-    here = runner.runs_here(len(todo))
-    if not here:
+    local = runner.runs_local(len(todo))
+    if not local:
         clear_cache()  # keep the model out of the task's pickled closure
     counts = {"scored": 0}
     failures: list[str] = []
@@ -177,7 +177,7 @@ def run_sync_pass(runner: Runner, store: Path, dataset: str, spec: str, overwrit
         failures.append(f"{task.name}: {cause}")
 
     tasks = [Task(f"{dataset}-{s:06d}", (str(store), dataset, s, shards[s], shards[s], spec, device,
-                                         None if here else 1)) for s in todo]
+                                         None if local else 1)) for s in todo]
     runner.run(score_shard, tasks, desc=f"{dataset} sync ({scorer.name})", unit="shard",
                max_retries=max_retries, on_failure=failed,
                on_result=lambda task, result: counts.__setitem__("scored", counts["scored"] + result["scored"]))
@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retries of a shard whose worker died, was killed for memory or lost its node")
     p.add_argument("--device", default="auto",
                    help="torch device of the tasks; auto: the GPU when the task's process sees one")
-    for flag, kind, what in (("--val", float, "share of speakers in val"), ("--test", float, "share of speakers in test"),
+    for flag, kind, what in (("--val", float, "share of speakers in val"),
+                             ("--test", float, "share of speakers in test"),
                              ("--split-seed", int, "seed of the speaker-disjoint split")):
         p.add_argument(flag, type=kind, default=None,
                        help=f"{what} for the catalog rebuild (default: what store.json records)")

@@ -1,7 +1,8 @@
 """The sync wing: scoring audio-visual sync with an expert, apart from the trainer.
 
 The trainer (training/*.py) never imports this package (tests/test_layers.py); the wing may use
-the trainer's model, checkpoints and store loader.
+the trainer's model, checkpoints and model-input preparation (windows, normalisation); it reads
+the store through catalog.reader and runs its jobs through catalog/jobs.py.
 
     scorers.py    the scorer registry: SyncNet and UniSync behind one interface, one model cache
     scoring.py    the sync table of a clip and what is read off it: offset, LSE-D, LSE-C

@@ -1,4 +1,5 @@
-"""Sync scorers behind one registry: a SyncNet (published weights) and any UniSync checkpoint.
+"""Sync scorers behind one registry: a SyncNet (published weights), any UniSync checkpoint and any
+AV-SyncNet checkpoint (fit.py --model avsync).
 
     scorer = get_scorer("syncnet", "syncnet_v2.model")            # cached: one model per process
     scorer = get_scorer("unisync", "runs/mel_landmarks/best.pt")
@@ -184,11 +185,18 @@ class UniSyncScorer(Scorer):
 
         self.device = torch.device(device)
         self.model, ckpt = load_checkpoint(checkpoint, map_location=str(self.device))
+        self.check_model(checkpoint)
         self.model.to(self.device).eval()
         self.train_args = ckpt.get("args", {}) or {}
         self.combo = self.model.combo
         self.version = f"{self.combo}+{file_digest(checkpoint)}"
         self.batch_size, self.vshift, self.edges = batch_size, vshift, edges
+
+    def check_model(self, checkpoint: Path | str) -> None:
+        """An AV-SyncNet checkpoint scores with its own distance: it belongs to --scorer avsync."""
+        if hasattr(self.model, "pair_matrix"):
+            raise ValueError(f"{checkpoint}: an AV-SyncNet checkpoint (fit.py --model avsync): use "
+                             "--scorer avsync")
 
     @staticmethod
     def load_model(path: Path | str, device: str = "cpu") -> nn.Module:
@@ -257,10 +265,41 @@ class UniSyncScorer(Scorer):
         return self.score_utterance(video_utterance(path, self.combo, max_frames, audio_path))
 
 
+class AVSyncScorer(UniSyncScorer):
+    """A fit.py --model avsync checkpoint (SyncTalklip's AV-SyncNet) scoring offsets -15..15 with
+    1 - p_sync, p_sync = sigmoid(-theta) of its per-frame embeddings (training/objectives.py)."""
+
+    name = "avsync"
+    weights_help = "a training/fit.py --model avsync checkpoint (best.pt)"
+    distance_label = "mean 1 - p_sync (AV-SyncNet)"
+
+    def check_model(self, checkpoint: Path | str) -> None:
+        if not hasattr(self.model, "pair_matrix"):
+            raise ValueError(f"{checkpoint}: a UniSync checkpoint, not AV-SyncNet: use --scorer unisync")
+
+    def rows(self, video: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """1 - p_sync of each video window (N, T*D) against its audio neighbours (N, K, T*D)."""
+        n, k = windows.shape[:2]
+        t = WINDOW
+        v = video.reshape(n, 1, t, -1).to(self.device)
+        a = windows.reshape(n, k, t, -1).to(self.device)
+        return (1.0 - self.model.p_from_embeddings(v, a)).float().cpu()
+
+    @torch.no_grad()
+    def score_utterance(self, utt) -> SyncScore:
+        if utt.n_windows <= 0:
+            raise ValueError(f"{utt.utt_id}: shorter than one {WINDOW}-frame window")
+        v, a = self.embeddings(utt)  # (N, 5, D) per-frame embeddings of every window
+        band = DistanceBand(self.rows, self.vshift)
+        band.add(v.flatten(1), a.flatten(1))
+        return score_table(band.finish(), self.vshift, self.edges)
+
+
 # The registry: one row per scorer.
 SCORERS: dict[str, type[Scorer]] = {
     "syncnet": SyncNetScorer,
     "unisync": UniSyncScorer,
+    "avsync": AVSyncScorer,
 }
 
 _CACHE: dict[tuple, Scorer] = {}  # one model per process (score.py's tasks, the sync pass's shards)

@@ -56,13 +56,18 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from features.quiet import VERBOSE_ENV
 
 DEFAULT_RAY_TIMEOUT_S = 120.0
 GCS_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"  # Ray's own knob (ray/_private/node.py)
 MODES = ("auto", "always", "never")  # where tasks run: see the module doc
 FAULT_ENV = "UNISYNC_FAULT_SHARDS"  # tests: "<task name>[:oom],..." tasks whose worker dies ("folder-3")
 OOM_CAP_BYTES = 6 << 30  # the `oom` fault stops growing here (then exits) if nothing killed it
+JOB_SUBMISSION_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for the driver
+WORKER_ENV = (FAULT_ENV, VERBOSE_ENV)  # what a job's workers inherit from the driver's environment
 
 
 class RayStartError(Exception):
@@ -129,10 +134,11 @@ class Runner:
         return self._ray
 
     def _start(self):
+        env = {k: v for k, v in os.environ.items() if k in WORKER_ENV}  # the venv carries the code
         if self.address:  # a cluster (or `ray job submit`, whose working dir carries the code)
-            init = lambda: _ray_module().init(address=self.address, log_to_driver=True)  # noqa: E731
+            init = lambda: _ray_module().init(  # noqa: E731
+                address=self.address, log_to_driver=True, **({"runtime_env": {"env_vars": env}} if env else {}))
         else:  # a private local Ray: never attach to someone else's cluster on a shared host
-            env = {k: v for k, v in os.environ.items() if k == FAULT_ENV}  # the venv carries the code
             init = lambda: _ray_module().init(  # noqa: E731
                 address="local", num_cpus=self.workers or os.cpu_count(), include_dashboard=False,
                 runtime_env={"env_vars": env}, log_to_driver=True)
@@ -559,6 +565,9 @@ def add_runner_options(parser, workers_help: str = "concurrent tasks (default: e
                                                         "private local Ray)")
     parser.add_argument("--ray-timeout", type=float, default=DEFAULT_RAY_TIMEOUT_S, metavar="S",
                         help="seconds Ray may take to start (or to connect to --address); then exit 4")
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"keep the native libraries' start-up messages (MediaPipe, TensorFlow Lite) "
+                             f"in the job's and its workers' stderr (sets {VERBOSE_ENV}=1)")
     parser.add_argument("--ray", choices=MODES, default="auto", dest="ray_mode",
                         help="auto: a job of one task runs in a local worker process (no Ray start-up) "
                              "unless --address / RAY_ADDRESS; always: always on Ray; never: every "
@@ -571,4 +580,18 @@ def runner_from_args(args, after_start: Callable[[], None] | None = None, mode: 
     bad value)."""
     if not args.ray_timeout > 0:
         raise ValueError(f"--ray-timeout must be positive, got {args.ray_timeout}")
+    if getattr(args, "verbose", False):
+        os.environ[VERBOSE_ENV] = "1"
     return Runner(args.address, args.workers, args.ray_timeout, mode or args.ray_mode, after_start, in_process)
+
+
+def job_path(path: Path, flag: str = "--store") -> Path:
+    """`path` made absolute, refusing a relative one under `ray job submit` (ValueError): there
+    the driver runs in Ray's temporary copy of the working dir, so a relative store would land in
+    that copy and vanish with it."""
+    path = Path(path)
+    if not path.is_absolute() and os.environ.get(JOB_SUBMISSION_ENV):
+        raise ValueError(f"{flag} {path} is relative: under `ray job submit` the driver runs in Ray's "
+                         f"temporary copy of the working dir ({Path.cwd()}), so it would land there; "
+                         f"give an absolute path on storage every node shares")
+    return path.resolve()

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from catalog.build import build_catalog
-from catalog.jobs import Runner, Task, add_runner_options, runner_from_args
+from catalog.jobs import Runner, Task, add_runner_options, job_path, runner_from_args
 from catalog.layout import STORE_VERSION, read_store_json, write_store_json
 from catalog.lock import StoreLocked, store_lock
 from catalog.plan import DEFAULT_SHARD_MINUTES, extend_plan, read_plan, shards_of, write_plan
@@ -212,7 +212,11 @@ def hubert_model(args: argparse.Namespace) -> str:
 def main(argv=None) -> int:
     """Run the job; every way it can end is one exit code and, on failure, one line (module doc)."""
     args = parse_args(argv)
-    store = args.store.resolve()
+    try:
+        store = job_path(args.store)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return job.EXIT_USAGE
     session = {"ray": None}
     with job.handlers_installed():
         return _main(args, store, session)

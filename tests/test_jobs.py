@@ -142,3 +142,38 @@ def test_in_process_runs_in_the_driver_and_a_swallowed_interrupt_still_ends_the_
     with pytest.raises(KeyboardInterrupt):
         runner.run(swallows_an_interrupt, [Task("eats"), Task("next")], desc="eats", on_result=ok, on_failure=bad)
     assert set(got["results"]) == {"here"} and not got["failures"], "its result is dropped, nothing after it runs"
+
+
+def test_a_relative_store_under_ray_job_submit_is_refused(monkeypatch, tmp_path, capsys):
+    """Under `ray job submit` the driver's cwd is Ray's temporary copy of the working dir: a
+    relative --store would land there and vanish, so extract.py refuses it (exit 2, one line)."""
+    from catalog.jobs import JOB_SUBMISSION_ENV, job_path
+    from pipelines.extract import main
+
+    monkeypatch.chdir(tmp_path)
+    assert job_path(Path("store")) == tmp_path / "store"  # a plain run: resolved against the cwd
+    monkeypatch.setenv(JOB_SUBMISSION_ENV, "{}")
+    with pytest.raises(ValueError, match="relative"):
+        job_path(Path("store"))
+    assert job_path(tmp_path / "store") == tmp_path / "store"
+    rc = main(["--dataset", "folder", "--root", str(tmp_path), "--store", "store"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--store store is relative" in err and err.count("\n") == 1
+    assert not (tmp_path / "store").exists()
+
+
+def test_verbose_reaches_the_workers_environment(monkeypatch):
+    """--verbose sets UNISYNC_VERBOSE, which the runner passes to the workers it starts."""
+    import argparse
+    import os
+
+    from catalog.jobs import WORKER_ENV, add_runner_options, runner_from_args
+    from features.quiet import VERBOSE_ENV
+
+    monkeypatch.setenv(VERBOSE_ENV, "0")  # recorded, so the test's "1" is undone afterwards
+    p = argparse.ArgumentParser()
+    add_runner_options(p)
+    runner_from_args(p.parse_args([]))
+    assert os.environ[VERBOSE_ENV] == "0"
+    runner_from_args(p.parse_args(["--verbose"]))
+    assert os.environ[VERBOSE_ENV] == "1" and VERBOSE_ENV in WORKER_ENV

@@ -42,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from catalog.jobs import RayStartError, Runner, Task, add_runner_options, runner_from_args
+from catalog.jobs import RayStartError, Runner, Task, add_runner_options, job_path, runner_from_args
 from catalog.reader import StoreError, read_catalog, stream_utterances
 from catalog.sidecar import WORKER_STAGE, read_sidecar, redo_member, write_sidecar
 from features.cli import HelpFormatter
@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     from catalog.lock import StoreLocked, acquire
     from catalog.plan import read_plan
 
-    store = args.store.resolve()
     try:
+        store = job_path(args.store)
         runner = runner_from_args(args)
         get_scorer(args.scorer, args.device)  # a bad spec or file fails here, before Ray starts
         datasets = [args.dataset] if args.dataset else sorted({r["dataset"] for r in read_catalog(store)})

@@ -53,7 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None,
                    help=f"training steps per combo (default: {DEMO_STEPS['geometry']} for geometry combos, "
                         f"{DEMO_STEPS['image']} for image combos)")
-    p.add_argument("--minutes", type=float, default=10.0,
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for training: one, so a busy machine slows the demo without "
+                        "changing its result (two OpenMP threads beside other work ran 6x fewer steps)")
+    p.add_argument("--minutes", type=float, default=20.0,
                    help="guard: stop a combo's training after this many minutes (a slow machine; the "
                         "result then depends on its speed and the summary says so)")
     p.add_argument("--hubert-model", default=DEFAULT_MODEL,
@@ -103,7 +106,7 @@ def main(argv=None) -> int:
         print(f"[5/5] training {combo} (width {args.width}, {steps} steps, guard {args.minutes} min)")
         results[combo] = train(TrainConfig(
             combo=combo, store=str(store), out=str(out / "runs" / combo), width=args.width,
-            max_minutes=args.minutes, steps=steps, seed=args.seed,
+            max_minutes=args.minutes, steps=steps, seed=args.seed, threads=args.threads,
             **(IMAGE_COMBO_SETTINGS if image else {})))
         if results[combo]["steps"] < steps:
             print(f"  note: the {args.minutes} min guard stopped {combo} at step {results[combo]['steps']} "

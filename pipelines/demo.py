@@ -32,8 +32,8 @@ from pipelines.synthetic import generate_corpus
 IMAGE_COMBO_SETTINGS = {"image_scale": 0.5, "cache_frames": True, "lr": 1e-3, "eval_every": 100}
 # The demo trains for a fixed number of steps, so its result does not depend on the machine's load
 # (a wall-clock budget gave mel_landmarks 0.866 on a busy machine, 0.938 on a quiet one); the time
-# budget is only a guard. About 2.5 min per combo on 2 idle cores.
-DEMO_STEPS = {"geometry": 1000, "image": 300}
+# budget is only a guard. About 3 min per combo on 2 idle cores.
+DEMO_STEPS = {"geometry": 1000, "image": 600}
 
 
 def is_image_combo(combo: str) -> bool:

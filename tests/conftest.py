@@ -1,8 +1,13 @@
 """Shared fixtures: the real clips (skipped when ../shared is absent) and small media writers."""
 from __future__ import annotations
 
+import io
+import os
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -127,3 +132,85 @@ def tiny_hubert(path: Path) -> Path:
     from features.hubert import save_tiny_random_model
 
     return save_tiny_random_model(path)
+
+
+# -- extraction in this process, on one warm local worker --------------------------------------------
+# A test whose point is the store (not Ray, not the command line) runs pipelines/extract.py's main
+# here with `--ray never`: no Ray start-up (20-40 s on a busy machine) and no second Python; its
+# tasks run in catalog/jobs.py's local worker, the very code path of a one-shard job. That worker
+# is shared by every such run of the session (started again when it died or the environment
+# changed), so MediaPipe and the models load once, as the warm workers of a shared Ray did.
+_WARM: dict = {}  # "worker": the shared catalog.jobs.LocalWorker, "env": what it inherited, "open"
+
+
+def _environment() -> dict[str, str]:
+    """What a spawned worker inherits and may read (the fault hook, UNISYNC_VERBOSE, HF_HOME, ...);
+    not pytest's per-test marker."""
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+
+
+@contextmanager
+def warm_local_worker() -> Iterator[None]:
+    """While open, every job of this process runs its local-worker tasks on the shared worker:
+    Runner.close leaves it running; a worker that died (or was killed) is replaced as usual."""
+    from catalog import jobs
+
+    if _WARM.get("open"):  # nested: the outer one has it in hand
+        yield
+        return
+    real, real_stop = jobs.LocalWorker, jobs.LocalWorker.stop
+
+    def shared():
+        worker = _WARM.get("worker")
+        if worker is not None and (worker._conn.closed or not worker.process.is_alive()
+                                   or _WARM["env"] != _environment()):
+            real_stop(worker)
+            worker = None
+        if worker is None:
+            worker = real()
+            _WARM.update(worker=worker, env=_environment())
+        return worker
+
+    jobs.LocalWorker = shared
+    real.stop = lambda self: None if self is _WARM.get("worker") else real_stop(self)
+    _WARM["open"] = True
+    try:
+        yield
+    finally:
+        jobs.LocalWorker, real.stop = real, real_stop
+        _WARM["open"] = False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_warm_local_worker() -> Iterator[None]:
+    yield
+    worker = _WARM.pop("worker", None)
+    if worker is not None:
+        worker.stop()
+
+
+@dataclass
+class Extraction:
+    """What one in-process run of pipelines/extract.py gave: exit code, stdout, stderr."""
+
+    code: int
+    out: str
+    err: str
+
+    def ok(self) -> "Extraction":
+        assert self.code == 0, f"exit {self.code}\n{self.out[-3000:]}\n{self.err[-3000:]}"
+        return self
+
+
+def extract_here(*argv: str | Path) -> Extraction:
+    """pipelines/extract.py's main(argv) in this process, `--ray never` unless argv says --ray,
+    its tasks on the warm local worker (see above); stdout and stderr captured."""
+    from pipelines.extract import main
+
+    args = [str(a) for a in argv]
+    if "--ray" not in args:
+        args += ["--ray", "never"]
+    out, err = io.StringIO(), io.StringIO()
+    with warm_local_worker(), redirect_stdout(out), redirect_stderr(err):
+        code = main(args)
+    return Extraction(code, out.getvalue(), err.getvalue())

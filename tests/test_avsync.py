@@ -214,7 +214,8 @@ def fbank_rows(loud: np.ndarray, vowel: list[str], speaker: dict, rng: np.random
 
 
 def make_av_store(root: Path, utts_per_speaker: int = 5, seed: int = 0, shard_size: int = 4) -> Path:
-    """8 speakers (4 train, 2 val, 2 test) with lip, fbank and a vowel transcript per utterance."""
+    """8 speakers (4 train, 2 val, 2 test) with lip, fbank and a vowel transcript per utterance;
+    the speakers' looks go to <root>/speakers.json (the generator test draws their mouths)."""
     from catalog.layout import table_path, tar_path
     from catalog.tars import tar_bytes
     from features.codecs import encode_npy
@@ -222,10 +223,11 @@ def make_av_store(root: Path, utts_per_speaker: int = 5, seed: int = 0, shard_si
     from pipelines.synthetic import transcript_of
 
     rng = np.random.default_rng(seed)
-    rows, members, n = [], {"lip": {}, "fbank": {}}, 0
+    rows, members, n, looks = [], {"lip": {}, "fbank": {}}, 0, {}
     for s, split in AV_SPLITS.items():
         speaker = {"skin": rng.uniform(120, 190), "mouth": rng.uniform(16, 21), "shift": int(rng.integers(-1, 2)),
                    "floor": -3 + rng.normal(0, 0.5, 26)}
+        looks[f"s{s}"] = {"skin": float(speaker["skin"]), "mouth": float(speaker["mouth"])}
         for u in range(utts_per_speaker):
             n_frames = int(rng.integers(60, 90))
             plan = syllable_plan(rng, n_frames / 25)
@@ -250,4 +252,185 @@ def make_av_store(root: Path, utts_per_speaker: int = 5, seed: int = 0, shard_si
     path = table_path(root, "utterances")
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path)
+    (root / "speakers.json").write_text(json.dumps(looks))
     return root
+
+
+# ---------------------------------------------------------------------------------------------
+# AV-SyncNet
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("combo", ["fbank_lip", "mel_lip", "hubert_rgb", "fbank_landmarks"])
+def test_avsync_pair_matrix_is_the_forward_p_sync(combo):
+    from training.avsync import AVSyncNet
+
+    torch.manual_seed(0)
+    model = AVSyncNet(combo, "micro", vocab=9).eval()
+    visual = {"lip": torch.rand(3, 5, 96, 96), "rgb": torch.rand(3, 15, 48, 96),
+              "landmarks": torch.randn(3, 5, 1434)}[model.visual]
+    audio = {"fbank": torch.randn(3, 20, 26), "mel": torch.randn(3, 1, 80, 16),
+             "hubert": torch.randn(3, 10, 1024)}[model.audio]
+    with torch.no_grad():
+        p = model(visual, audio)
+        P = model.pair_matrix(model.embed_visual(visual), model.embed_audio(audio))
+        crossed = model(visual, audio.roll(1, dims=0))
+    assert p.shape == (3,) and bool(((p > 0) & (p < 1)).all())
+    assert torch.allclose(P.diagonal(), p, atol=1e-5)
+    assert torch.allclose(P[torch.arange(3), (torch.arange(3) - 1) % 3], crossed, atol=1e-5)
+
+
+MICRO_RUN = ["--model", "avsync", "--preset", "micro", "--combo", "fbank_lip", "--batch-size", "32",
+             "--lr", "3e-3", "--lip-batch", "4", "--eval-pairs", "300", "--log-every", "50",
+             "--threads", "1", "--no-progress", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def trained_avsync(tmp_path_factory):
+    """A micro AV-SyncNet trained with Eq. 6 through fit.py on the tiny store."""
+    from training.fit import parse_args, train
+
+    root = tmp_path_factory.mktemp("avsync")
+    store = make_av_store(root / "store")
+    torch.manual_seed(0)
+    final = train(parse_args(MICRO_RUN + ["--store", str(store), "--out", str(root / "run"), "--steps", "200",
+                                          "--eval-every", "0", "--offset-windows", "60"]))
+    return store, root / "run", final
+
+
+def test_fit_trains_avsync_with_eq6(trained_avsync):
+    from training.avsync import AVSyncNet
+    from training.avsync_train import tokenizer_of
+    from training.runtime import load_checkpoint
+
+    store, run, final = trained_avsync
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["l_av"] < lines[0]["l_av"] and lines[-1]["l_lip"] < lines[0]["l_lip"] - 0.2
+    test = final["test"]
+    print(f"test balanced accuracy {test['balanced_accuracy']:.3f}, utterance offsets "
+          f"{test['utterance_offset_accuracy']:.3f}, lip reading {test['lip_reading']}")
+    assert test["balanced_accuracy"] > 0.6 and test["utterance_offset_accuracy"] > 0.8
+    lip = test["lip_reading"]
+    assert lip["n_utterances"] == 10 and lip["vowel_cer"] < lip["baseline_vowel_cer"]
+    model, ckpt = load_checkpoint(run / "best.pt")  # weights_only, config names the model
+    assert isinstance(model, AVSyncNet) and ckpt["config"]["model"] == "avsync"
+    assert tokenizer_of(ckpt).symbols == [" ", "a", "e", "i", "o", "u"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the frozen expert as a generator's loss (Eq. 13's stream-level terms)
+# ---------------------------------------------------------------------------------------------
+def render_mouths_torch(opening: torch.Tensor, spread: torch.Tensor, look: dict, sharpness: float = 6.0) -> torch.Tensor:
+    """`render_mouths` with soft edges, differentiable in opening and spread: (n,) -> (n, 96, 96) in [0, 1]."""
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    w = (look["mouth"] * spread)[:, None, None]
+    h = (1.5 + 14.0 * opening)[:, None, None]
+    inner = torch.sigmoid(sharpness * (1 - ((xx - 48) / w) ** 2 - ((yy - 54) / h) ** 2))
+    lip = torch.sigmoid(sharpness * (1 - ((xx - 48) / (w + 3)) ** 2 - ((yy - 54) / (h + 4)) ** 2))
+    skin = look["skin"]
+    img = skin * (1 - lip) + 0.62 * skin * lip
+    return (img * (1 - inner) + 28.0 * inner) / 255.0
+
+
+class MouthGenerator(torch.nn.Module):
+    """Each frame's opening and spread from the fbank rows of its own and its neighbours' frames;
+    starts with a still, half-open mouth (the last layer is zero)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(12 * 26, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2))
+        torch.nn.init.zeros_(self.net[-1].weight)
+        torch.nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, fbank: torch.Tensor, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (fbank - fbank.mean()) / fbank.std()
+        x = torch.nn.functional.pad(x[None, None], (0, 0, 4, 4), mode="replicate")[0, 0]
+        context = x[:4 * (n_frames + 2)].reshape(n_frames + 2, 4 * 26).unfold(0, 3, 1)  # (n, 104, 3)
+        out = self.net(context.transpose(1, 2).reshape(n_frames, -1))
+        return torch.sigmoid(out[:, 0]), 1 + 0.3 * torch.tanh(out[:, 1])
+
+
+def generated(gen: MouthGenerator, utt, look: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The utterance's generated mouth frames (n, 96, 96) and its fbank rows (4n, 26)."""
+    fbank = torch.from_numpy(np.array(utt.data["fbank"], np.float32))
+    return render_mouths_torch(*gen(fbank, utt.n_frames), look), fbank
+
+
+def windows_of(frames: torch.Tensor, fbank: torch.Tensor, starts) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.stack([frames[t:t + 5] for t in starts]), torch.stack([fbank[4 * t:4 * t + 20] for t in starts]))
+
+
+def test_generator_gains_held_out_sync_against_frozen_avsync(trained_avsync):
+    from training.data import load_utterances
+    from training.lipread import transcript_of
+    from training.sync.objectives import AVSyncLoss
+
+    store, run, _ = trained_avsync
+    loss_fn = AVSyncLoss.from_checkpoint(run / "best.pt")
+    assert not any(p.requires_grad for p in loss_fn.expert.parameters())
+    looks = json.loads((store / "speakers.json").read_text())
+    train, held = (load_utterances(store, ["fbank"], [s]) for s in ("train", "val"))
+    gen = MouthGenerator()
+
+    @torch.no_grad()
+    def held_out_p() -> float:
+        ps = []
+        for utt in held:
+            frames, fbank = generated(gen, utt, looks[utt.speaker_id])
+            ps.append(loss_fn.p_sync(*windows_of(frames, fbank, range(utt.n_windows))))
+        return torch.cat(ps).mean().item()
+
+    before = held_out_p()
+    frozen = [p.clone() for p in loss_fn.expert.parameters()]
+    opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
+    rng = np.random.default_rng(0)
+    for step in range(50):
+        utts = [train[i] for i in rng.choice(len(train), 2, replace=False)]
+        made = [generated(gen, u, looks[u.speaker_id]) for u in utts]
+        vis, aud = zip(*(windows_of(f, a, rng.integers(0, u.n_windows, 8)) for (f, a), u in zip(made, utts)))
+        n = max(u.n_frames for u in utts)
+        frames = torch.stack([torch.nn.functional.pad(f, (0, 0, 0, 0, 0, n - len(f))) for f, _ in made])
+        loss = loss_fn(torch.cat(vis), torch.cat(aud), frames, torch.tensor([u.n_frames for u in utts]),
+                       [transcript_of(u) for u in utts], lambda_cav=1.0, lambda_lip=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    loss_fn.train()  # the generator's train mode leaves the expert in eval mode
+    assert not loss_fn.expert.training
+    after = held_out_p()
+    assert all(torch.equal(a, b) for a, b in zip(frozen, loss_fn.expert.parameters()))
+    print(f"held-out mean p_sync of generated mouths: {before:.3f} -> {after:.3f}")
+    assert after > before + 0.1
+
+
+def test_avsync_scorer_reads_the_store_and_finds_the_offset(trained_avsync):
+    from catalog.sync_correction import apply
+    from training.data import load_utterances
+    from training.sync.scorers import SCORERS, make_scorer
+
+    store, run, _ = trained_avsync
+    assert "avsync" in SCORERS
+    scorer = make_scorer("avsync", run / "best.pt")
+    assert scorer.stored_fields() == ["fbank", "lip"]
+    with pytest.raises(ValueError, match="--scorer avsync"):
+        make_scorer("unisync", run / "best.pt")
+    utts = load_utterances(store, ["fbank", "lip"], ["test"])
+    found = [scorer.score_utterance(u).offset for u in utts]
+    assert sum(abs(o) <= 1 for o in found) >= len(found) - 1, found
+    # "correcting" an in-sync utterance by offset 3 puts it 3 frames off the other way
+    for u in utts:
+        apply(u, 3)
+    shifted = [scorer.score_utterance(u).offset for u in utts]
+    assert sum(abs(o + 3) <= 1 for o in shifted) >= len(shifted) - 1, shifted
+
+
+def test_avsync_resume_is_exact(tmp_path):
+    from training.fit import parse_args, train
+    from training.runtime import read_checkpoint
+
+    store = make_av_store(tmp_path / "store", utts_per_speaker=2)
+    quick = MICRO_RUN + ["--store", str(store), "--eval-every", "0", "--eval-pairs", "40", "--offset-windows", "0"]
+    train(parse_args(quick + ["--out", str(tmp_path / "straight"), "--steps", "4"]))
+    train(parse_args(quick + ["--out", str(tmp_path / "resumed"), "--steps", "2"]))
+    train(parse_args(quick + ["--out", str(tmp_path / "resumed"), "--steps", "4", "--resume"]))
+    a, b = (read_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("straight", "resumed"))
+    assert a["step"] == b["step"] == 4 and a["lip_states"] == b["lip_states"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -3,7 +3,6 @@ store; verify names the shard and field of a truncated, missing, reordered or al
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,9 +16,9 @@ from catalog.queries import overlap, speakers, splits
 from catalog.tars import iter_members, tar_bytes
 from catalog.verify import verify
 from pipelines.corpora.fixtures import LRS2_PROGRAMMES, build_lrs2, make_clips
-from tests.conftest import REPO
+from tests.conftest import REPO, extract_here
 
-pytestmark = pytest.mark.slow  # the store fixture runs the Ray extraction job
+pytestmark = pytest.mark.slow  # the store fixture runs the extraction job (in this process, without Ray)
 FIELDS = ["audio", "mel", "meta"]  # no face fields: this file tests the catalog, not the extractors
 P0, P1, P2, P3 = LRS2_PROGRAMMES
 
@@ -30,10 +29,8 @@ def store(tmp_path_factory) -> Path:
     clips = make_clips(tmp / "clips", n=4, min_seconds=0.8, max_seconds=1.2, size=128)
     build_lrs2(tmp / "lrs2", clips)
     store = tmp / "store"
-    cmd = [sys.executable, str(REPO / "pipelines" / "extract.py"), "--dataset", "lrs2", "--root", str(tmp / "lrs2"),
-           "--store", str(store), "--workers", "2", "--shard-size", "2", "--fields", *FIELDS]
-    proc = subprocess.run(cmd, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    extract_here("--dataset", "lrs2", "--root", tmp / "lrs2", "--store", store, "--shard-size", "2",
+                 "--fields", *FIELDS).ok()
     return store
 
 

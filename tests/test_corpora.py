@@ -4,9 +4,6 @@ clips at word boundaries; and each tree extracted end to end through the real jo
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,7 @@ from catalog.layout import table_path, utt_key
 from pipelines.adapters import ADAPTERS, LANGUAGES, list_utterances
 from pipelines.corpora.common import Word, read_transcript, segment, word_segments
 from pipelines.corpora.fixtures import build_all
-from tests.conftest import REPO
+from tests.conftest import extract_here
 
 FIELDS = ["audio", "rgb", "landmarks", "mel", "meta"]
 MAX_SECONDS = 1.0
@@ -151,37 +148,20 @@ def test_folder_follows_symlinked_speakers_and_files_without_looping(tmp_path):
 
 
 # ---------------------------------------------------------------- end to end through the real job
-# One private local Ray for the four runs (pipelines/extract.py's main, one dataset after the
-# other, appending to one store), so the workers load MediaPipe once; the CLI itself is
-# exercised by test_extract.py and, through `ray job submit`, by test_cluster.py.
-DRIVER = """
-import json, sys
-import ray
-ray.init(address="local", num_cpus=2, include_dashboard=False)  # workers import the installed package
-ray.init = ray.shutdown = lambda *a, **k: None  # the runs below reuse this Ray and its warm workers
-from pipelines.extract import main
-for argv in json.loads(sys.argv[1]):
-    if main(argv):
-        sys.exit(1)
-"""
-
-
-def extract_all(runs: list[list[str]]) -> None:
-    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(runs)], cwd=REPO,
-                          env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+# pipelines/extract.py's main in this process without Ray (tests/conftest.py: extract_here), one
+# dataset after the other, appending to one store, on the session's warm local worker (MediaPipe
+# loaded once); the command line on Ray is exercised by test_extract.py and, through `ray job
+# submit`, by test_cluster.py.
 
 
 @pytest.fixture(scope="module")
 def stores(trees, tmp_path_factory) -> Path:
     """Every fixture tree extracted into one store (four runs appending datasets), pretrain cut."""
     store = tmp_path_factory.mktemp("store")
-    runs = []
     for dataset in ["lrs2", "lrs3", "voxceleb2", "cncvs"]:
         extra = ["--max-seconds", str(MAX_SECONDS)] if dataset in ("lrs2", "lrs3") else []
-        runs.append(["--dataset", dataset, "--root", str(trees[dataset][0]), "--store", str(store),
-                     "--workers", "2", "--shard-size", "3", "--fields", *FIELDS, *extra])
-    extract_all(runs)
+        extract_here("--dataset", dataset, "--root", trees[dataset][0], "--store", store,
+                     "--shard-size", "3", "--fields", *FIELDS, *extra).ok()
     return store
 
 

@@ -1,10 +1,13 @@
-"""The Ray extraction job end to end: bad inputs cost nothing else, re-runs do no work twice,
-and a run killed midway resumes to the same catalog and byte-identical tars."""
+"""The extraction job end to end: bad inputs cost nothing else, re-runs do no work twice,
+and a run killed midway resumes to the same catalog and byte-identical tars.
+
+The store is made in this process without Ray (tests/conftest.py: extract_here; the same shard
+tasks in catalog/jobs.py's local worker); the killed run and the worker that always dies are the
+command line on a private local Ray, so Ray's path is checked against the Ray-free one."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +19,7 @@ import pytest
 
 from catalog.layout import table_path
 from catalog.tars import iter_members
-from tests.conftest import REPO, make_bad_inputs
+from tests.conftest import REPO, extract_here, make_bad_inputs
 
 pytestmark = pytest.mark.slow
 FIELDS = ["audio", "rgb", "landmarks", "mel", "meta"]
@@ -33,16 +36,18 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
-def extract(root: Path, store: Path, *extra: str, wait: bool = True):
+def extract(root: Path, store: Path, *extra: str) -> dict:
+    """The job in this process without Ray (tests/conftest.py: extract_here); its saved report."""
+    extract_here("--dataset", "folder", "--root", root, "--store", store, "--shard-size", "2", *extra).ok()
+    return json.loads((store / "extract_report.json").read_text())
+
+
+def extract_on_ray(root: Path, store: Path, *extra: str) -> subprocess.Popen:
+    """The command line, started (not waited for) in a session of its own, on a private local Ray."""
     cmd = [sys.executable, str(REPO / "pipelines" / "extract.py"), "--dataset", "folder", "--root", str(root),
            "--store", str(store), "--workers", "2", "--shard-size", "2", *extra]
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads((store / "extract_report.json").read_text())
+    return subprocess.Popen(cmd, env={**os.environ, "RAY_ADDRESS": ""}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def tars(store: Path) -> dict[str, bytes]:
@@ -94,8 +99,10 @@ def test_rerun_does_no_work_twice(corpus, store):
 
 
 def test_killed_run_resumes_to_identical_store(corpus, store, tmp_path):
+    """The command line on Ray, its whole session SIGKILLed midway; the same job again (here, in
+    this process without Ray) gives the catalog and the tars of the store made in one go."""
     resumed = tmp_path / "resumed"
-    proc = extract(corpus, resumed, "--workers", "1", wait=False)
+    proc = extract_on_ray(corpus, resumed, "--workers", "1")
     deadline = time.time() + 300
     while time.time() < deadline and len(list(resumed.glob("shards/folder/meta/*.json"))) < 1:
         time.sleep(0.2)
@@ -103,7 +110,7 @@ def test_killed_run_resumes_to_identical_store(corpus, store, tmp_path):
     proc.wait()
     n_done = len(list(resumed.glob("shards/folder/meta/*.json")))
     assert 1 <= n_done < 6, "the kill should land midway"
-    extract(corpus, resumed, "--workers", "1")
+    extract(corpus, resumed)
     for name in ("utterances", "speakers", "shards", "fields", "errors"):
         assert pq.read_table(table_path(resumed, name)).equals(pq.read_table(table_path(store, name))), name
     assert tars(resumed) == tars(store)
@@ -142,7 +149,8 @@ def test_a_shard_whose_worker_always_dies_ends_as_error_rows_and_the_job_exits(c
     """Shard 3's worker dies on every attempt (os._exit, as after an OOM kill): the job makes
     1 + --max-retries attempts, ends with exit code 1 and a summary, and the shard's utterances
     are 'incomplete' rows (a dead worker is not their data's failure) with error rows naming the
-    cause; the store verifies, and a plain re-run retries the shard."""
+    cause; the store verifies, and the same job again (in this process, without Ray) retries the
+    shard."""
     from catalog.verify import verify
 
     store = tmp_path / "store"
@@ -168,9 +176,7 @@ def test_a_shard_whose_worker_always_dies_ends_as_error_rows_and_the_job_exits(c
     assert verify(store)["ok"], "placeholder rows keep every field series aligned"
     print(f"failing job ended in {time.perf_counter() - started:.1f} s")
 
-    env.pop("UNISYNC_FAULT_SHARDS")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    extract_here(*cmd[2:]).ok()  # no fault this time
     utts = pq.read_table(table_path(store, "utterances")).to_pylist()
     assert all(u["status"] == "ok" for u in utts if u["shard_id"] == 3)
     assert verify(store)["ok"]

@@ -2,17 +2,12 @@
 through pipelines/extract.py (a tiny synthetic corpus: 3 speakers x 1 one-second clip)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from benchmarks.hubert_store import HubertStoreError, has_hubert, store_with_hubert
 from catalog.build import read_table
 from catalog.layout import read_store_json
-from tests.conftest import REPO
+from tests.conftest import extract_here
 from tests.test_training import make_store
 
 
@@ -30,24 +25,21 @@ def test_a_store_without_its_corpus_fails_naming_the_store(tmp_path):
         store_with_hubert(store, tmp_path / "work")
 
 
-@pytest.mark.slow  # two Ray extraction runs: ~46 s on 2 cores
+@pytest.mark.slow  # two extraction runs, the benchmark's on Ray
 def test_hubert_is_added_to_a_copy_by_the_real_extraction(tmp_path):
+    from catalog.__main__ import main as catalog_main
     from pipelines.synthetic import generate_corpus
     from training.data import load_utterances
 
     corpus, store = tmp_path / "corpus", tmp_path / "store"
     generate_corpus(corpus, n_speakers=3, n_utterances=1, min_seconds=1.0, max_seconds=1.2, progress=False)
-    cmd = [sys.executable, str(REPO / "pipelines" / "extract.py"), "--dataset", "synthetic", "--root", str(corpus),
-           "--store", str(store), "--workers", "2", "--shard-size", "2", "--fields", "audio", "meta",
-           "--split-seed", "1"]
-    proc = subprocess.run(cmd, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    extract_here("--dataset", "synthetic", "--root", corpus, "--store", store, "--shard-size", "2",
+                 "--fields", "audio", "meta", "--split-seed", "1").ok()  # in this process, without Ray
     assert not has_hubert(store)
 
     with pytest.raises(HubertStoreError, match="split"):  # a rebuilt catalog would change the split
         store_with_hubert(store, tmp_path / "work", hidden_size=16)
-    subprocess.run([sys.executable, "-m", "catalog", "splits", "--store", str(store), "--seed", "0", "--write"],
-                   check=True, cwd=REPO, capture_output=True)
+    assert catalog_main(["splits", "--store", str(store), "--seed", "0", "--write"]) == 0
 
     copy = store_with_hubert(store, tmp_path / "work", hidden_size=16)
     assert copy == (tmp_path / "work" / "store").resolve() and not has_hubert(store)

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +12,15 @@ from catalog.layout import table_path
 from catalog.lookup import read_members
 from features.fields import FIELDS
 from features.landmarks import mouth_opening
-from tests.conftest import REPO
+from tests.conftest import extract_here
 
 pytestmark = pytest.mark.slow
 SLICE = ["audio", "rgb", "landmarks", "mel", "meta"]
 
 
 def run_extract(dataset: str, root: Path, store: Path) -> dict:
-    cmd = [sys.executable, str(REPO / "pipelines" / "extract.py"), "--dataset", dataset, "--root", str(root),
-           "--store", str(store), "--workers", "2", "--shard-size", "4"]
-    proc = subprocess.run(cmd, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    """The extraction job in this process, without Ray (tests/conftest.py: extract_here)."""
+    extract_here("--dataset", dataset, "--root", root, "--store", store, "--shard-size", "4").ok()
     return json.loads((store / "extract_report.json").read_text())
 
 

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 from functools import lru_cache
 from importlib.metadata import distribution
 from importlib.util import find_spec
@@ -28,13 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, warm_local_worker
 
-pytestmark = pytest.mark.slow  # the quickstart store is made by the real Ray extraction job
+pytestmark = pytest.mark.slow  # the quickstart store is made by the real extraction job
 README = REPO / "README.md"
 TEXT = README.read_text()
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "RAY_ADDRESS": ""}  # a private local Ray, never a cluster this shell knows
 
 
 # -- reading the README ------------------------------------------------------------------------------
@@ -85,14 +80,6 @@ def quickstart_command(script: str) -> list[str]:
 
 
 # -- the store the five commands make ----------------------------------------------------------------
-def run(argv: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    exe = BIN / argv[0]
-    proc = subprocess.run([str(exe), *argv[1:]], cwd=cwd, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(argv)}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
-    return proc
-
-
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory) -> Path:
     """A folder with videos/ (4 synthetic speakers x 2 clips, one file that is not a video) and
@@ -105,7 +92,11 @@ def quickstart(tmp_path_factory) -> Path:
     (home / "videos" / "spk00" / "broken.mp4").write_text("not a video\n")  # an error row
     argv = quickstart_command("unisync-extract")
     assert "--root" in argv and "--store" in argv
-    run(argv, home)
+    # the line through its entry point, in this process from that folder (as `synced` runs the sync
+    # pass); a one-shard job, so its task runs in a local worker: the session's warm one (conftest)
+    extract = console_script(argv[0])
+    with contextlib.chdir(home), warm_local_worker():
+        assert extract(argv[1:]) == 0
     assert (home / "store" / "catalog" / "utterances.parquet").exists()
     return home
 

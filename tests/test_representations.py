@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +16,14 @@ from features import hubert, parsing
 from features.fbank import log_fbank
 from features.fields import FIELDS
 from features.landmarks import LIPS, mouth_opening
-from tests.conftest import REPO, tiny_hubert, tone
+from tests.conftest import extract_here, tiny_hubert, tone
 
 ALL = ["audio", "rgb", "landmarks", "mel", "parsing", "tdmm", "hubert", "lip", "fbank"]
 
 
 def run_extract(dataset: str, root: Path, store: Path, *extra: str) -> dict:
-    cmd = [sys.executable, str(REPO / "pipelines" / "extract.py"), "--dataset", dataset, "--root", str(root),
-           "--store", str(store), "--workers", "2", "--shard-size", "4", *extra]
-    proc = subprocess.run(cmd, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    """The extraction job in this process, without Ray (tests/conftest.py: extract_here)."""
+    extract_here("--dataset", dataset, "--root", root, "--store", store, "--shard-size", "4", *extra).ok()
     return json.loads((store / "extract_report.json").read_text())
 
 

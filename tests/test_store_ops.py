@@ -5,14 +5,14 @@ a re-run with a working model repairs it, naming that model in store.json; `--ov
 mel` leaves every other tar byte-identical and the catalog unchanged; a tar with a flipped byte
 and a broken sidecar are redone by a re-run, byte for byte, and verify passes.
 
-One private local Ray for the module (pipelines/extract.py's main in-process, as
-tests/test_corpora.py does), and one store that each fixture takes one operation further.
+pipelines/extract.py's main in this process without Ray (tests/conftest.py: extract_here, its
+tasks on the session's warm local worker), and one store that each fixture takes one operation
+further.
 """
 from __future__ import annotations
 
 import io
 import json
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -23,24 +23,11 @@ from catalog.layout import TABLES, read_store_json, sidecar_path, tar_path
 from catalog.plan import read_plan
 from catalog.tars import iter_members, read_member
 from catalog.verify import verify
-from tests.conftest import tiny_hubert
+from tests.conftest import extract_here, tiny_hubert
 
 pytestmark = pytest.mark.slow
 DATASET = "synthetic"
 FIELDS = ["audio", "landmarks", "mel", "hubert"]
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """One local Ray for every run of the module: its workers load MediaPipe once."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    init, shutdown = ray.init, ray.shutdown
-    ray.init = ray.shutdown = lambda *a, **k: None  # main's init_ray reuses this Ray
-    yield ray
-    ray.init, ray.shutdown = init, shutdown
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +42,12 @@ def work(tmp_path_factory) -> dict[str, Path]:
             "bad": root / "no_such_model"}
 
 
-def extract(ray_local, work: dict, *extra: str) -> dict:
+def extract(work: dict, *extra: str) -> dict:
     """pipelines/extract.py's main in-process: exit code, stdout, stderr and the saved report."""
-    from pipelines.extract import main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = ["--dataset", DATASET, "--root", str(work["corpus"]), "--store", str(work["store"]),
-            "--workers", "2", "--shard-size", "2", *extra]
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main(argv)
+    run = extract_here("--dataset", DATASET, "--root", work["corpus"], "--store", work["store"],
+                       "--shard-size", "2", *extra)
     report = json.loads((work["store"] / "extract_report.json").read_text())
-    return {"code": code, "out": out.getvalue(), "err": err.getvalue(), "report": report}
+    return {"code": run.code, "out": run.out, "err": run.err, "report": report}
 
 
 def snapshot(store: Path) -> dict:
@@ -82,23 +64,23 @@ def metas(store: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def failed(ray_local, work):
+def failed(work):
     """The store extracted with a HuBERT path that does not exist."""
-    run = extract(ray_local, work, "--fields", *FIELDS, "--hubert-model", str(work["bad"]))
+    run = extract(work, "--fields", *FIELDS, "--hubert-model", str(work["bad"]))
     return {**run, "after": snapshot(work["store"]), "meta": metas(work["store"])}
 
 
 @pytest.fixture(scope="module")
-def repaired(failed, ray_local, work):
+def repaired(failed, work):
     """The advised repair: the same field with a model that loads."""
-    run = extract(ray_local, work, "--fields", "hubert", "--hubert-model", str(work["tiny"]))
+    run = extract(work, "--fields", "hubert", "--hubert-model", str(work["tiny"]))
     return {**run, "after": snapshot(work["store"]), "meta": metas(work["store"])}
 
 
 @pytest.fixture(scope="module")
-def overwritten(repaired, ray_local, work):
+def overwritten(repaired, work):
     """One field overwritten: mel."""
-    run = extract(ray_local, work, "--fields", "mel", "--overwrite")
+    run = extract(work, "--fields", "mel", "--overwrite")
     return {**run, "after": snapshot(work["store"])}
 
 
@@ -157,7 +139,7 @@ def test_overwrite_of_one_field_leaves_every_other_tar_and_the_catalog_as_they_w
         assert after["tables"][name].equals(before["tables"][name]), name
 
 
-def test_a_flipped_byte_and_a_broken_sidecar_are_repaired_by_a_rerun(overwritten, ray_local, work):
+def test_a_flipped_byte_and_a_broken_sidecar_are_repaired_by_a_rerun(overwritten, work):
     store = work["store"]
     before = snapshot(store)
     audio = tar_path(store, DATASET, "audio", 0)
@@ -171,7 +153,7 @@ def test_a_flipped_byte_and_a_broken_sidecar_are_repaired_by_a_rerun(overwritten
     assert {(r["shard_id"], r["field_meta"], r["status"]) for r in rows} == {
         (0, "ok", "ok"), (1, "missing", "incomplete")}  # the build reads a broken sidecar as missing
 
-    run = extract(ray_local, work, "--fields", *FIELDS, "--hubert-model", str(work["tiny"]))
+    run = extract(work, "--fields", *FIELDS, "--hubert-model", str(work["tiny"]))
     assert run["code"] == 0, run["err"][-3000:]
     repaired = " | ".join(run["report"]["repaired"])
     assert "000000 audio: tar's SHA-256 differs" in repaired and "000001 meta: sidecar unreadable" in repaired

@@ -17,6 +17,12 @@
     progress.py  fit.py's progress bar: steps, or the nearer end of --max-minutes and --steps
     ablate.py    the paper's Table IV / Table V grid on a store
 
+    SyncTalklip's AV-SyncNet (fit.py --model avsync):
+    objectives.py  Eq. 4-7, 11-13: theta = F(tau |f^a - f^v|), L_av, L_lip, L_cav, InfoNCE, Eq. 6 / 13
+    avsync.py      the model: per-frame fronts, a shared transformer encoder, F, a lip-reading decoder
+    avsync_train.py  what --model avsync adds to fit.py's loop (Eq. 6, the lip stream, CER reports)
+    lipread.py     the character tokenizer, whole-utterance transcript batches, CER and its baseline
+
     sync/        the sync wing: scorers (SyncNet, UniSync) behind one registry, scoring, the
                  score CLI, the sync pass, plots, SyncLoss (see training/sync/__init__.py); the
                  trainer above never imports it (tests/test_layers.py)

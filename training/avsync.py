@@ -16,7 +16,7 @@ Inputs are the trainer's windows (training/windows.py layout after `Batch.to`):
 
 | field | window input | front |
 |---|---|---|
-| lip | (B, 5, 96, 96) in [0, 1] | centre crop 88 (AV-HuBERT's), (x - 0.421) / 0.165, area-resized to the preset's `image` side, stride-2 conv stack, linear to D |
+| lip | (B, 5, 96, 96) in [0, 1] | centre crop 88 (AV-HuBERT's), area-resized to the preset's `image` side (88 / 2 or 88 / 4: plain pooling), (x - 0.421) / 0.165, stride-2 conv stack, linear to D |
 | rgb | (B, 15, 48, 96) lower halves, frames on channels | the same conv stack with 3 input channels (no crop) |
 | landmarks | (B, 5, 1434) | per-frame MLP |
 | fbank | (B, 20, 26): 4 rows per video frame | floored at the window's maximum - 20 (log units: digital silence is log eps), standardised (one mean / std over the window: relative loudness kept), 4 rows stacked per frame (AV-HuBERT's), linear to D |
@@ -46,9 +46,9 @@ SCORINGS = ("theta", "cosine")
 FBANK_RANGE = 20.0  # natural-log units (~87 dB) kept below a window's loudest fbank energy
 
 PRESETS = {
-    "micro": {"dim": 32, "layers": 1, "heads": 2, "ffn": 64, "decoder_layers": 1, "image": 16,
+    "micro": {"dim": 32, "layers": 1, "heads": 2, "ffn": 64, "decoder_layers": 1, "image": 22,
               "channels": (8, 16)},  # tests
-    "tiny": {"dim": 64, "layers": 2, "heads": 4, "ffn": 128, "decoder_layers": 1, "image": 32,
+    "tiny": {"dim": 64, "layers": 2, "heads": 4, "ffn": 128, "decoder_layers": 1, "image": 44,
              "channels": (16, 32, 64)},
     "small": {"dim": 128, "layers": 4, "heads": 4, "ffn": 512, "decoder_layers": 2, "image": 44,
               "channels": (32, 64, 128)},
@@ -75,7 +75,7 @@ class ImageFront(nn.Module):
         self.image, self.crop, self.gray = image, crop, cin == 1
         layers, c = [], cin
         for cout in channels:
-            layers += [nn.Conv2d(c, cout, 3, stride=2, padding=1), nn.GELU()]
+            layers += [nn.Conv2d(c, cout, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
             c = cout
         self.convs = nn.Sequential(*layers, nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten())
         self.proj = nn.Sequential(nn.Linear(4 * c, dim), nn.LayerNorm(dim))
@@ -87,7 +87,11 @@ class ImageFront(nn.Module):
             top, left = (x.shape[-2] - self.crop) // 2, (x.shape[-1] - self.crop) // 2
             x = x[..., top:top + self.crop, left:left + self.crop]
         if self.image and x.shape[-1] != self.image:  # area resize first: less to normalise
-            x = F.adaptive_avg_pool2d(x, (self.image * x.shape[-2] // x.shape[-1], self.image))
+            k = x.shape[-1] // self.image
+            if k * self.image == x.shape[-1] and x.shape[-2] % k == 0:  # 88 -> 44 or 22: plain pooling
+                x = F.avg_pool2d(x, k)
+            else:
+                x = F.adaptive_avg_pool2d(x, (self.image * x.shape[-2] // x.shape[-1], self.image))
         if self.gray:
             x = (x - LIP_MEAN) / LIP_STD
         return self.proj(self.convs(x)).reshape(b, t, -1)
@@ -129,7 +133,7 @@ class AudioFront(nn.Module):
 class AVSyncNet(nn.Module):
     """The expert; `forward(visual, audio)` is p_sync of window pairs, like UniSync's."""
 
-    def __init__(self, combo: str = "fbank_lip", preset: str = "tiny", vocab: int = 0, tau: float = 1.0,
+    def __init__(self, combo: str = "fbank_lip", preset: str = "tiny", vocab: int = 0, tau: float = 5.0,
                  dropout: float = 0.1, scoring: str = "theta", visual_dim: int | None = None,
                  audio_dim: int | None = None):
         super().__init__()

@@ -79,7 +79,8 @@ class TrainConfig:
     contrastive: str = _opt("theta", "--model avsync sync term: theta (Eq. 5's L_av on the sampler's pairs) "
                                      "or infonce (the conventional contrastive loss on its positives)",
                             choices=("theta", "infonce"))
-    tau: float = _opt(1.0, "--model avsync: Eq. 5's tau (multiplies |f^a - f^v| before F)")
+    tau: float = _opt(5.0, "--model avsync: Eq. 5's tau (multiplies |f^a - f^v| before F: the sync "
+                           "logit's scale at the start)")
     infonce_temperature: float = _opt(0.1, "--contrastive infonce: the cosine logits' temperature")
     lip_batch: int = _opt(8, "--model avsync: whole transcribed train utterances per step for L_lip")
     lip_max_frames: int = _opt(250, "--model avsync: utterances longer than this are left out of L_lip")

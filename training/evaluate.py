@@ -271,6 +271,10 @@ def format_report(r: dict) -> str:
                      f"{r['utterance_offset_mean_abs_error']:.2f} frames  "
                      f"({r['utterance_offset_trials']} trials: shifts {lo}..{hi} x "
                      f"{r['utterance_offset_utterances']} utterances)")
+    lip = r.get("lip_reading") or {}
+    if lip.get("n_utterances"):
+        lines.append(f"  lip reading         CER {lip['cer']:.4f}   vowel CER {lip['vowel_cer']:.4f}   "
+                     f"(majority-vowel baseline {lip['baseline_vowel_cer']:.4f}; {lip['n_utterances']} utterances)")
     return "\n".join(lines)
 
 
@@ -313,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     report |= full_report(model, splits, args.split, args.pairs, ratio, not args.no_offsets,
                           range(lo, hi + 1), args.max_offset, device,
                           data=held_out_set(splits, args.split, args.pairs, ratio, args.seed))
+    if getattr(model, "vocab", 0) and ckpt.get("tokenizer"):  # AV-SyncNet: its lip reader's CER
+        from training.lipread import CharTokenizer, lip_report, train_transcripts
+        report["lip_reading"] = lip_report(model, splits[args.split], CharTokenizer.from_json(ckpt["tokenizer"]),
+                                           train_transcripts(args.store), device)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

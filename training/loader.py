@@ -243,9 +243,12 @@ class RankData:
         chunk = chunk_batches(self.spec.batch_size, self.spec.handoff_pairs) if self.workers else 1
         slots = Slots(self.workers)
         dataset = PairDataset(self.spec, self.n_streams, start_step, list(self.states), chunk, slots)
+        # its own generator: making the iterator draws a base seed, which from torch's global RNG
+        # would shift a resumed run's dropout stream (the streams seed themselves anyway)
         loader = DataLoader(dataset, batch_size=None, num_workers=self.workers, pin_memory=pin_memory,
                             prefetch_factor=prefetch if self.workers else None,
-                            worker_init_fn=_worker_init if self.workers else None)
+                            worker_init_fn=_worker_init if self.workers else None,
+                            generator=torch.Generator().manual_seed(0))
         return Batches(loader, self.workers, slots)
 
     def consumed(self, batch: Batch) -> None:

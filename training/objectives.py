@@ -22,8 +22,11 @@ Readings chosen where the paper is ambiguous (tests/test_avsync.py pins each):
   norm, and theta can only grow as two embeddings move apart in any coordinate, which is what
   makes Eq. 12's "pull paired together, push unpaired apart" hold for any F (Sec. 3.1's
   "customized distance metric").
-- tau multiplies the absolute difference before F (a fixed scalar, `--tau`); with a learned F it
-  is the logit's scale at initialisation (theta's sharpness), not an extra degree of freedom.
+- tau multiplies the absolute difference before F (a fixed scalar, fit.py `--tau`, 5 by default);
+  F starts with weights 1/D and bias -tau, so theta starts as tau * (mean_d |d| - 1): tau is the
+  sync logit's scale at the start (theta's sharpness), which F's weights would take many steps
+  to grow (on the tiny test store, tau 5 reaches half tau 1's L_av in 150 steps), not an extra
+  degree of freedom of the trained model.
 - L_av (Eq. 5 "= F(...)") minimised on paired frames alone has a trivial solution (every
   embedding equal, or F's bias to -inf). We train it as the sync classifier it is used as: the
   window's theta is the mean of theta over its frames, p_sync = sigmoid(-theta), and L_av is the
@@ -56,13 +59,14 @@ class AlignmentHead(nn.Module):
     Broadcasts over leading dimensions, so theta of every (audio frame i, video frame j) pair is
     one call on f^a[..., :, None, :] and f^v[..., None, :, :] (`theta_matrix`)."""
 
-    def __init__(self, dim: int, tau: float = 1.0, init_weight: float | None = None, bias: float = -1.0):
+    def __init__(self, dim: int, tau: float = 1.0, init_weight: float | None = None, bias: float | None = None):
         super().__init__()
-        # at init theta = tau * mean_d |d| - 1: about 0 (p_sync 0.5) for two independent embeddings
-        # of unit-variance coordinates (E|x - y| = 2 / sqrt(pi) = 1.13), negative as they meet
+        # at init theta = tau * (mean_d |d| - 1): about 0 (p_sync 0.5) for two independent
+        # embeddings of unit-variance coordinates (E|x - y| = 2 / sqrt(pi) = 1.13), -tau where
+        # they meet: tau sets the logit's scale, which F's weights would take long to grow
         w = init_weight if init_weight is not None else 1.0 / dim
         self.raw = nn.Parameter(torch.full((dim,), math.log(math.expm1(w))))
-        self.bias = nn.Parameter(torch.tensor(float(bias)))
+        self.bias = nn.Parameter(torch.tensor(float(-tau if bias is None else bias)))
         self.tau = float(tau)
 
     @property

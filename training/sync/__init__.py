@@ -15,4 +15,6 @@ the store through catalog.reader and runs its jobs through catalog/jobs.py.
                   (python -m training.sync.sync_pass --help)
     plots.py      one PNG per scored video
     loss.py       SyncLoss: a frozen expert as a differentiable loss for generator training
+    objectives.py AVSyncLoss: a frozen AV-SyncNet's L_cav and L_lip for a generator (SyncTalklip
+                  Eq. 11-13), and the equations re-exported from training/objectives.py
 """

@@ -106,7 +106,16 @@ def test_a_dying_local_worker_is_retried_at_most_max_retries_times(no_ray, monke
     assert re.findall(r"task t-000001 attempt (\d+) failed", err) == ["1", "2"]  # then no third retry
 
 
-def test_an_interrupted_driver_kills_its_local_worker_first(no_ray, tmp_path):
+@pytest.fixture
+def sigint_raises():
+    """Ctrl-C as an interactive shell gives it: a background job of a non-interactive shell
+    inherits SIGINT ignored, and these tests must not depend on how pytest was started."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_an_interrupted_driver_kills_its_local_worker_first(no_ray, tmp_path, sigint_raises):
     """Ctrl-C reaches the whole process group: the worker ignores it, the driver's wait raises
     KeyboardInterrupt, and by then the worker is gone (nothing of the task writes on while the
     driver's clean-up runs)."""
@@ -134,7 +143,7 @@ def test_an_interrupted_driver_kills_its_local_worker_first(no_ray, tmp_path):
     runner.close()
 
 
-def test_in_process_runs_in_the_driver_and_a_swallowed_interrupt_still_ends_the_job(no_ray):
+def test_in_process_runs_in_the_driver_and_a_swallowed_interrupt_still_ends_the_job(no_ray, sigint_raises):
     got, ok, bad = collect()
     runner = Runner(in_process=True, mode="never")
     assert runner.run(os.getpid, [Task("here")], desc="here", on_result=ok) == 0

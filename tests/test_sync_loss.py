@@ -76,7 +76,7 @@ def test_expert_loss_raises_held_out_p_sync(trained_expert):
     with torch.no_grad():
         before = loss_fn.p_sync(gen(held_mel, held_still, direction), held_mel).mean().item()
     frozen = [p.clone() for p in loss_fn.expert.parameters()]
-    for step in range(150):
+    for step in range(60):  # held-out p_sync levels off at ~0.81 from about step 15 (0.49 before)
         idx = torch.randint(0, len(train_mel), (64,))
         loss = loss_fn(gen(train_mel[idx], train_still[idx], direction), train_mel[idx])
         opt.zero_grad()

@@ -123,8 +123,8 @@ def main(argv=None) -> int:
         final = train(fit_args(cmd))
         rows.append(row_of(variant, final))
         print(json.dumps(rows[-1]), flush=True)
-        (args.work / "ablation.json").write_text(json.dumps({"rows": rows, "args": vars(args) | {
-            "work": str(args.work)}}, indent=1))
+        (args.work / "ablation.json").write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=1,
+                                                            default=str))
     md = table(rows)
     (args.work / "ablation.md").write_text(md + "\n")
     print(md)

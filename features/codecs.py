@@ -2,10 +2,10 @@
 
 Every encoder is deterministic (same input, same bytes) so re-runs give byte-identical tars.
 
-Spilling: a member built frame by frame over a long utterance (a JPEG sequence, the landmarks)
-can be built in an anonymous temporary file instead of memory (`SpilledMember`: its size is known
-and its bytes are read back in blocks), so a worker's memory does not grow with one utterance's
-length. It is opt-in (`with spilling():`, which the extraction worker opens around its tars):
+Spilling: a member built frame by frame over a long utterance (a JPEG sequence, the landmarks;
+also the face tracker's per-frame points, features.face.PointStore) can be built in an anonymous
+temporary file instead of memory (`SpilledMember`: its size is known and its bytes are read back
+in blocks), so a worker's memory does not grow with one utterance's length. It is opt-in (`with spilling():`, which the extraction worker opens around its tars):
 every other caller gets bytes as before. A spilled member holds the bytes the in-memory encoder
 gives.
 """
@@ -87,6 +87,7 @@ class SpilledMember:
     def __init__(self, spill: SpillFile, head: bytes, offsets: array, lengths: array):
         self.spill, self.head, self.offsets, self.lengths = spill, head, offsets, lengths
         self.size = len(head) + sum(lengths)
+        self.source: np.ndarray | None = None  # the array the member was written from, if exactly it
 
     def __len__(self) -> int:
         return self.size
@@ -164,6 +165,19 @@ def decode_npy(data: bytes | SpilledMember) -> np.ndarray:
     if isinstance(data, SpilledMember):
         return _read_spilled_npy(data)
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def npy_view(data: bytes) -> np.ndarray:
+    """An .npy member's array as a read-only view of its bytes (no copy)."""
+    from numpy.lib import format as npy_format
+
+    head = io.BytesIO(data[:16 + 65536] if len(data) > 16 + 65536 else data)
+    version = npy_format.read_magic(head)
+    read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+    shape, fortran, dtype = read_header(head)
+    count = int(np.prod(shape, dtype=np.int64))
+    flat = np.frombuffer(data, dtype, count=count, offset=head.tell())
+    return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
 
 
 def _read_spilled_npy(member: SpilledMember) -> np.ndarray:

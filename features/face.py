@@ -475,14 +475,32 @@ class _Pass:
         return params
 
 
+def import_mediapipe():
+    """`import mediapipe`, without keeping the importer's stack alive.
+
+    mediapipe keeps the exception of its optional `sounddevice` import (PortAudio is missing on
+    servers) in a module global, `audio_record.sd_error`; its traceback holds the frames that
+    were importing mediapipe, and through them every caller's frame: the first utterance a worker
+    tracked, with all its arrays, stayed in memory for the life of the worker (a 30-minute one:
+    ~260 MB). The traceback is dropped; the exception and its message stay."""
+    import sys
+
+    import mediapipe as mp
+
+    record = sys.modules.get("mediapipe.tasks.python.audio.core.audio_record")
+    error = getattr(record, "sd_error", None)
+    if isinstance(error, BaseException):
+        error.__traceback__ = None
+    return mp
+
+
 class FaceTracker:
     """Holds the MediaPipe graphs; build once per worker and call `track` per utterance."""
 
     def __init__(self, max_gap: int = 5, max_missing: float = 0.2, smooth_window: int = 5,
                  min_confidence: float = 0.5, detect_every: int = DETECT_EVERY,
                  detect_side: int = DETECT_SIDE, roi_scale: float = ROI_SCALE):
-        import mediapipe as mp
-
+        mp = import_mediapipe()
         self.max_gap, self.max_missing, self.smooth_window = max_gap, max_missing, smooth_window
         self.min_confidence, self.detect_every, self.roi_scale = min_confidence, detect_every, roi_scale
         self._detector = _Detector(mp, min_confidence, detect_side)

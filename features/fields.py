@@ -161,8 +161,9 @@ class Sources:
 
     @cached_property
     def landmarks(self) -> np.ndarray:
-        """The landmarks as stored (float16 crop pixels); parsing and tdmm widen a block at a time."""
-        return landmarks_field.decode(self.landmarks_bytes)
+        """The landmarks as stored (float16 crop pixels), without a copy (read-only): parsing and
+        tdmm only read them, widening a block at a time."""
+        return landmarks_field.view(self.landmarks_bytes)
 
     def crops(self, name: str) -> bytes:
         """The bytes a crop maker made during the tracking pass (rgb, lip)."""

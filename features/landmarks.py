@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.codecs import SpilledMember, decode_npy, encode_npy, spill_npy, spill_wanted
+from features.codecs import SpilledMember, decode_npy, encode_npy, npy_view, spill_npy, spill_wanted
 
 IBUG68 = [
     127, 234, 93, 58, 172, 136, 150, 176, 152, 400, 379, 365, 397, 288, 323, 454, 356,  # jaw
@@ -35,11 +35,23 @@ def encode(landmarks: np.ndarray) -> bytes | SpilledMember:
     if not spill_wanted(int(np.prod(shape, dtype=np.int64)) * 2):
         return encode_npy(landmarks.astype(np.float16))
     blocks = (landmarks[a:a + BLOCK] for a in range(0, len(landmarks), BLOCK))
-    return spill_npy(blocks, shape, np.float16)
+    member = spill_npy(blocks, shape, np.float16)
+    if landmarks.dtype == np.float16:
+        member.source = landmarks  # the member's values exactly: `view` needs no read-back
+    return member
 
 
 def decode(data: bytes | SpilledMember) -> np.ndarray:
     return decode_npy(data)
+
+
+def view(data: bytes | SpilledMember) -> np.ndarray:
+    """The member's landmarks without a copy where one can be avoided (read-only for stored
+    bytes): for the fields computed from them, which only read (parsing, tdmm)."""
+    if isinstance(data, SpilledMember):
+        source = getattr(data, "source", None)
+        return source if source is not None else decode_npy(data)
+    return npy_view(data)
 
 
 def mouth_opening(landmarks: np.ndarray) -> np.ndarray:

@@ -305,3 +305,18 @@ def test_decoding_leaves_no_frame_behind(talking_clip):
     finally:
         gc.enable()
     assert n == 125 and alive <= 2, f"{alive} decoded frames still alive after the pass"
+
+
+def test_importing_mediapipe_keeps_no_caller_frames():
+    """mediapipe stores the exception of its optional sounddevice import in a module global; its
+    traceback kept the importer's whole stack alive (the first utterance a worker extracted, all
+    its arrays). The tracker's import drops that traceback."""
+    import sys
+
+    from features.face import import_mediapipe
+
+    import_mediapipe()
+    error = getattr(sys.modules.get("mediapipe.tasks.python.audio.core.audio_record"), "sd_error", None)
+    if error is None:
+        pytest.skip("sounddevice imported (PortAudio is installed): mediapipe kept no exception")
+    assert error.__traceback__ is None

@@ -135,14 +135,14 @@ class AVSyncNet(nn.Module):
 
     def __init__(self, combo: str = "fbank_lip", preset: str = "tiny", vocab: int = 0, tau: float = 5.0,
                  dropout: float = 0.1, scoring: str = "theta", visual_dim: int | None = None,
-                 audio_dim: int | None = None):
+                 audio_dim: int | None = None, ctc: bool = False):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"preset {preset!r} unknown; known: {', '.join(PRESETS)}")
         if scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
         self.combo, self.preset, self.vocab, self.tau = combo, preset, int(vocab), float(tau)
-        self.dropout, self.scoring = float(dropout), scoring
+        self.dropout, self.scoring, self.use_ctc = float(dropout), scoring, bool(ctc and vocab)
         self.audio, self.visual = parse_combo(combo, "avsync")
         self.audio_dim = int(audio_dim or AUDIO_DIMS[self.audio])
         self.visual_dim = visual_dim
@@ -169,13 +169,15 @@ class AVSyncNet(nn.Module):
             self.decoder = nn.TransformerDecoder(dec, p["decoder_layers"])
             self.decoder_norm = nn.LayerNorm(d)
             self.out = nn.Linear(d, self.vocab)
+            if self.use_ctc:  # the auxiliary CTC head on f^v (blank = pad id 0; fit.py --lip-ctc)
+                self.ctc = nn.Linear(d, self.vocab)
 
     # -- settings -------------------------------------------------------------------------
     def config(self) -> dict:
         """What `AVSyncNet(**config)` needs (stored in checkpoints; `model` names the class)."""
         return {"model": "avsync", "combo": self.combo, "preset": self.preset, "vocab": self.vocab,
                 "tau": self.tau, "dropout": self.dropout, "scoring": self.scoring,
-                "visual_dim": self.visual_dim, "audio_dim": self.audio_dim}
+                "visual_dim": self.visual_dim, "audio_dim": self.audio_dim, "ctc": self.use_ctc}
 
     # -- encoder --------------------------------------------------------------------------
     def encode(self, tokens: torch.Tensor, modality: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -223,7 +225,11 @@ class AVSyncNet(nn.Module):
         th = window_theta(self.head, fa, fv)
         out = {"fv": fv, "fa": fa, "theta": th, "p": self.p_from_embeddings(fv, fa)}
         if lip is not None:
-            out["logits"] = self.read_lips(*lip)
+            frames, lengths, tokens_in = lip
+            fl = self.embed_visual(self.lip_frames_input(frames), lengths)
+            out["logits"] = self.lip_logits(fl, lengths, tokens_in)
+            if self.use_ctc:
+                out["ctc_logits"] = self.ctc(fl)
         return out
 
     def pair_matrix(self, fv: torch.Tensor, fa: torch.Tensor, chunk: int = 64) -> torch.Tensor:

@@ -21,8 +21,9 @@ import torch
 from training.avsync import AVSyncNet
 from training.combos import parse_combo
 from training.data import StoreError, Utterance
-from training.lipread import CharTokenizer, LipBatch, TranscriptStream, lip_report, train_transcripts
-from training.objectives import eq6, l_av, l_infonce, l_lip, window_theta
+from training.lipread import (EOS, PAD, CharTokenizer, LipBatch, TranscriptStream, augment_frames, lip_report,
+                              train_transcripts)
+from training.objectives import eq6, l_av, l_ctc, l_infonce, l_lip
 
 CONTRASTIVE = ("theta", "infonce")
 
@@ -32,14 +33,14 @@ class AVSyncExpert:
 
     def __init__(self, model: AVSyncNet, tokenizer: CharTokenizer | None, stream: TranscriptStream | None,
                  lambda_av: float = 1.0, lambda_lip: float = 1.0, contrastive: str = "theta",
-                 temperature: float = 0.1, train_texts: list[str] | None = None):
+                 temperature: float = 0.1, train_texts: list[str] | None = None, ctc: float = 0.0):
         if contrastive not in CONTRASTIVE:
             raise ValueError(f"contrastive must be one of {CONTRASTIVE}, got {contrastive!r}")
         self.model, self.tokenizer, self.stream = model, tokenizer, stream
         self.lambda_av, self.lambda_lip = float(lambda_av), float(lambda_lip)
         self.contrastive, self.temperature = contrastive, float(temperature)
-        self.train_texts = train_texts or []
-        self.terms: dict[str, list[float]] = {"l_av": [], "l_lip": []}
+        self.train_texts, self.ctc = train_texts or [], float(ctc)
+        self.terms: dict[str, list[float]] = {"l_av": [], "l_lip": [], "l_ctc": []}
 
     @classmethod
     def from_config(cls, cfg, rank: int, world: int, first: Utterance,
@@ -56,21 +57,24 @@ class AVSyncExpert:
                              "pass --lambda-lip 0")
         model = AVSyncNet(cfg.combo, cfg.preset, tokenizer.size if tokenizer and visual == "lip" else 0,
                           cfg.tau, scoring="cosine" if cfg.contrastive == "infonce" else "theta",
-                          visual_dim=visual_dim, audio_dim=audio_dim)
+                          visual_dim=visual_dim, audio_dim=audio_dim, ctc=cfg.lip_ctc > 0)
         stream = None
         if cfg.lambda_lip > 0:
             stream = TranscriptStream.from_store(cfg.store, visual, rank, world, tokenizer, cfg.lip_batch,
                                                  cfg.seed, cfg.lip_max_frames, cfg.buffer_shards,
-                                                 cfg.refresh_every)
+                                                 cfg.refresh_every, cfg.lip_augment)
         return cls(model, tokenizer, stream, cfg.lambda_av, cfg.lambda_lip, cfg.contrastive,
-                   cfg.infonce_temperature, texts)
+                   cfg.infonce_temperature, texts, cfg.lip_ctc)
 
     # -- the step -------------------------------------------------------------------------
     def loss(self, model: torch.nn.Module, batch, device: torch.device) -> torch.Tensor:
         """Eq. 6 on one pair batch (L_av, or InfoNCE over its positives) and one lip batch."""
         lip: LipBatch | None = self.stream.next_batch().to(device) if self.stream else None
+        frames = None
+        if lip is not None:
+            frames = lip.frames if lip.augment is None else augment_frames(lip.frames, lip.augment)
         out = model(batch.visual, batch.audio, outputs=True,
-                    lip=None if lip is None else (lip.frames, lip.lengths, lip.tokens_in))
+                    lip=None if lip is None else (frames, lip.lengths, lip.tokens_in))
         if self.contrastive == "infonce":
             pos = batch.label > 0.5
             sync = l_infonce(out["fa"][pos].flatten(0, 1), out["fv"][pos].flatten(0, 1), self.temperature)
@@ -79,6 +83,10 @@ class AVSyncExpert:
         lip_loss = l_lip(out["logits"], lip.tokens_out) if lip is not None else torch.zeros((), device=device)
         self.terms["l_av"].append(float(sync.detach()))
         self.terms["l_lip"].append(float(lip_loss.detach()))
+        if lip is not None and self.ctc:  # hybrid CTC / attention: the reader's L_lip gets a CTC term
+            ctc = l_ctc(out["ctc_logits"], lip.lengths, lip.tokens_out.masked_fill(lip.tokens_out == EOS, PAD))
+            self.terms["l_ctc"].append(float(ctc.detach()))
+            lip_loss = lip_loss + self.ctc * ctc
         return eq6(sync, lip_loss, self.lambda_av, self.lambda_lip)
 
     def log_terms(self) -> dict:
@@ -92,7 +100,8 @@ class AVSyncExpert:
         """What every checkpoint carries besides fit.py's own keys (JSON only)."""
         return {"tokenizer": self.tokenizer.to_json() if self.tokenizer else None,
                 "objective": {"lambda_av": self.lambda_av, "lambda_lip": self.lambda_lip,
-                              "contrastive": self.contrastive, "temperature": self.temperature}}
+                              "contrastive": self.contrastive, "temperature": self.temperature,
+                              "lip_ctc": self.ctc}}
 
     def stream_state(self) -> dict | None:
         return self.stream.state() if self.stream else None
@@ -104,7 +113,7 @@ class AVSyncExpert:
 
     def describe(self) -> dict:
         return {"preset": self.model.preset, "vocab": self.model.vocab, "lambda_av": self.lambda_av,
-                "lambda_lip": self.lambda_lip, "contrastive": self.contrastive,
+                "lambda_lip": self.lambda_lip, "contrastive": self.contrastive, "lip_ctc": self.ctc,
                 **({"lip_stream": self.stream.describe()} if self.stream else {})}
 
     # -- the final report -----------------------------------------------------------------

@@ -82,7 +82,11 @@ class TrainConfig:
     tau: float = _opt(5.0, "--model avsync: Eq. 5's tau (multiplies |f^a - f^v| before F: the sync "
                            "logit's scale at the start)")
     infonce_temperature: float = _opt(0.1, "--contrastive infonce: the cosine logits' temperature")
+    lip_ctc: float = _opt(0.0, "--model avsync: weight of an auxiliary CTC loss on the lip reader's encoder "
+                               "(hybrid CTC / attention; 0: Eq. 4's decoder loss alone)")
     lip_batch: int = _opt(8, "--model avsync: whole transcribed train utterances per step for L_lip")
+    lip_augment: bool = _opt(True, "--model avsync: stretch, move and contrast-scale each L_lip utterance's "
+                                   "mouth ROIs by one random draw (training/lipread.py augment_frames)")
     lip_max_frames: int = _opt(250, "--model avsync: utterances longer than this are left out of L_lip")
     print_model: bool = _opt(False, "print parameters and multiply-adds per pair of --combo at --width and exit")
     no_progress: bool = _opt(False, "no progress bar")

@@ -13,7 +13,9 @@ read the corpus's own). Text is normalised (lower case, single spaces), as case 
 L_lip needs the frames a transcript covers, so it is trained on whole utterances (at most
 `max_frames`; longer ones and those without a transcript are left out of L_lip and counted),
 drawn from the rank's train shards through the trainer's shard buffer (`data.ShardBuffer`), with
-a seeded generator whose state is saved with the checkpoint, so resume is exact.
+a seeded generator whose state is saved with the checkpoint, so resume is exact. With `augment`
+(fit.py --lip-augment, the default) each drawn utterance's mouth ROIs are stretched, moved and
+contrast-scaled by one random draw (`augment_frames`), for L_lip only.
 
 CER = sum of character edit distances / sum of reference lengths. The vowel CER is the CER of
 the vowel-only strings (a-e-i-o-u, spaces dropped): what a mouth shows of the synthetic speech.
@@ -133,15 +135,37 @@ def lip_frames(utt: Utterance, name: str = "lip", start: int = 0, n: int | None 
 @dataclass
 class LipBatch:
     """Whole utterances: frames (B, T, H, W) uint8 zero-padded, lengths (B,), decoder input ids
-    (bos + text) and target ids (text + eos), both (B, S) padded with PAD."""
+    (bos + text) and target ids (text + eos), both (B, S) padded with PAD; with augmentation, one
+    draw in [-1, 1] per utterance of (x scale, y scale, x shift, y shift, contrast) (B, 5)."""
 
     frames: torch.Tensor
     lengths: torch.Tensor
     tokens_in: torch.Tensor
     tokens_out: torch.Tensor
+    augment: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "LipBatch":
-        return LipBatch(*(x.to(device) for x in (self.frames, self.lengths, self.tokens_in, self.tokens_out)))
+        return LipBatch(*(None if x is None else x.to(device) for x in
+                          (self.frames, self.lengths, self.tokens_in, self.tokens_out, self.augment)))
+
+
+AUGMENT = (0.15, 0.15, 0.06, 0.06, 0.15)  # max |x scale - 1|, |y scale - 1|, shifts (of the side), contrast
+
+
+def augment_frames(frames: torch.Tensor, draws: torch.Tensor, limits: tuple = AUGMENT) -> torch.Tensor:
+    """Stored mouth ROIs (B, T, H, W) uint8 -> float [0, 1], each utterance stretched, moved and
+    contrast-scaled by its own draw (the same for all its frames): speakers' mouths differ in size
+    and place in the ROI, and a reader trained on few speakers should not learn theirs."""
+    x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+    lim = torch.tensor(limits, dtype=x.dtype, device=x.device)
+    d = draws.to(x.dtype) * lim
+    b, t, h, w = x.shape
+    theta = torch.zeros(b, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0], theta[:, 1, 1] = 1 / (1 + d[:, 0]), 1 / (1 + d[:, 1])
+    theta[:, 0, 2], theta[:, 1, 2] = 2 * d[:, 2], 2 * d[:, 3]
+    grid = torch.nn.functional.affine_grid(theta, (b, t, h, w), align_corners=False)
+    y = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return ((y - 0.5) * (1 + d[:, 4])[:, None, None, None] + 0.5).clamp(0.0, 1.0)
 
 
 def transcript_of(utt: Utterance) -> str:
@@ -180,8 +204,8 @@ class TranscriptStream:
 
     def __init__(self, store: str, visual: str, by_shard: dict, plan: dict, shards: list,
                  tokenizer: CharTokenizer, batch_size: int = 8, seed: int | list[int] = 0,
-                 buffer_shards: int = 0, refresh_every: int = 200, skipped: int = 0):
-        self.visual, self.tokenizer, self.batch_size = visual, tokenizer, batch_size
+                 buffer_shards: int = 0, refresh_every: int = 200, skipped: int = 0, augment: bool = False):
+        self.visual, self.tokenizer, self.batch_size, self.augment = visual, tokenizer, batch_size, augment
         self.refresh_every = max(1, refresh_every)
         self.buffer = ShardBuffer(store, [visual], by_shard, plan, shards, buffer_shards,
                                   seed=[*np.atleast_1d(seed).tolist(), 31])
@@ -192,7 +216,7 @@ class TranscriptStream:
     @classmethod
     def from_store(cls, store: str, visual: str, rank: int, world: int, tokenizer: CharTokenizer,
                    batch_size: int = 8, seed: int = 0, max_frames: int = MAX_FRAMES,
-                   buffer_shards: int = 0, refresh_every: int = 200) -> "TranscriptStream":
+                   buffer_shards: int = 0, refresh_every: int = 200, augment: bool = False) -> "TranscriptStream":
         all_rows = read_catalog(store, [visual], extra=("transcript",))
         rows = select_rows(all_rows, [visual], ["train"], store)
         usable = [r for r in rows if usable_for_lip(r, max_frames)]
@@ -202,7 +226,7 @@ class TranscriptStream:
         by_shard = rows_by_shard(usable)
         shards = rank_shards(sorted(by_shard), rank, world)
         return cls(str(store), visual, by_shard, shard_plan(all_rows), shards, tokenizer, batch_size,
-                   [seed, rank], buffer_shards, refresh_every, skipped=len(rows) - len(usable))
+                   [seed, rank], buffer_shards, refresh_every, skipped=len(rows) - len(usable), augment=augment)
 
     def next_batch(self) -> LipBatch:
         if self.buffer.streaming and self.batches and self.batches % self.refresh_every == 0:
@@ -210,7 +234,10 @@ class TranscriptStream:
         utts = self.buffer.utterances
         pick = self.rng.integers(len(utts), size=self.batch_size)
         self.batches += 1
-        return make_lip_batch([utts[i] for i in pick], self.tokenizer, self.visual)
+        batch = make_lip_batch([utts[i] for i in pick], self.tokenizer, self.visual)
+        if self.augment:  # drawn here, from the saved generator: a resumed run draws the same
+            batch.augment = torch.from_numpy(self.rng.uniform(-1, 1, (self.batch_size, len(AUGMENT))).astype(np.float32))
+        return batch
 
     def describe(self) -> dict:
         return {"utterances": len(self.buffer.utterances), "skipped": self.skipped,
@@ -259,5 +286,5 @@ def lip_report(model: torch.nn.Module, utts: Sequence[Utterance], tokenizer: Cha
     return {"n_utterances": len(utts), "speakers": len({u.speaker_id for u in utts}),
             "cer": cer(refs, hyps), "vowel_cer": cer(vowel_refs, [vowels_of(h) for h in hyps]),
             "baseline_vowel_cer": cer(vowel_refs, [major * len(r) for r in vowel_refs]),
-            "baseline": f"majority vowel {major!r} x reference length",
+            "baseline": f"majority vowel {major!r} x reference length", "majority_vowel": major,
             "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:examples]]}

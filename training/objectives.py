@@ -120,6 +120,19 @@ def l_lip(logits: torch.Tensor, targets: torch.Tensor, pad_id: int = 0,
     raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
+def l_ctc(frame_logits: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """An auxiliary CTC loss on the lip reader's frame logits (B, T, V) (not the paper's: hybrid
+    CTC / attention training, as visual speech recognisers commonly use, teaches the monotonic
+    alignment Eq. 4's decoder otherwise finds slowly). `targets` (B, S) are the transcript ids
+    padded with `pad_id`, which is also CTC's blank; mean over the batch of the loss per target
+    token."""
+    log_probs = F.log_softmax(frame_logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
+    target_lengths = (targets != pad_id).sum(dim=1)
+    flat = targets[targets != pad_id]
+    return F.ctc_loss(log_probs, flat, lengths, target_lengths, blank=pad_id, reduction="mean",
+                      zero_infinity=True)
+
+
 def l_cav(theta_ij: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
     """Eq. 12 from theta of every (audio frame i, video frame j) pair, (B, T, T) (`theta_matrix`).
 

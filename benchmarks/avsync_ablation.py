@@ -56,7 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lip-batch", type=int, default=4, help="whole utterances per step for L_lip")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     p.add_argument("--eval-every", type=int, default=250, help="val evaluations (best-val weights are reported)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop each run's training after this many "
+                   "minutes (fit.py --max-minutes; 0: no limit); the table gives the steps reached")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     return p.parse_args(argv)
 
 
@@ -81,7 +83,7 @@ def fit_command(args: argparse.Namespace, store: Path, out: Path, variant: str) 
     return ["--model", "avsync", "--combo", "fbank_lip", "--preset", args.preset, "--store", str(store),
             "--out", str(out), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
             "--lip-batch", str(args.lip_batch), "--lr", str(args.lr), "--eval-every", str(args.eval_every),
-            "--eval-pairs", "1000", "--offset-windows", "400", "--threads", str(args.threads),
+            "--eval-pairs", "1000", "--offset-windows", "400", "--threads", str(args.threads), "--max-minutes", str(args.max_minutes),
             "--workers", "0", "--no-progress", *VARIANTS[variant]]
 
 

@@ -6,6 +6,7 @@
     python -m catalog overlap  --store S [--by auto|official|speaker] [--fail-on-overlap]
     python -m catalog sql      --store S "SELECT count(*) FROM utterances WHERE n_frames >= 50" [--csv]
     python -m catalog verify   --store S [--dataset lrs2] [--fields rgb mel] [--deep]
+    python -m catalog identities --store S [--threshold 0.5] [--by auto|official|speaker] [--write]
 
 Every command takes --json. The same functions are importable: catalog.summary.summarize,
 catalog.queries.{speakers,splits,overlap}, catalog.sql.run_sql, catalog.verify.verify.
@@ -73,6 +74,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--fields", nargs="+", default=None, help="only these fields (unset: every field in store.json)")
     s.add_argument("--deep", action="store_true",
                    help="parse every tar member by member, also tars whose SHA-256 matches the catalog")
+
+    s = command("identities", "cluster utterances by face identity (the identity field), report clusters "
+                              "in two splits; --write stores the identity_cluster column")
+    s.add_argument("--threshold", type=float, default=None,
+                   help="Euclidean distance between identity embeddings below which utterances join a "
+                        "cluster (unset: catalog.identities.DEFAULT_THRESHOLD, 0.5; dlib's single-image "
+                        "convention is 0.6)")
+    s.add_argument("--dataset", default=None, help="only this dataset")
+    s.add_argument("--by", choices=["auto", "official", "speaker"], default="auto",
+                   help="the splits leakage is counted over, as for overlap")
+    s.add_argument("--write", action="store_true", help="write the identity_cluster column into the catalog")
+    s.add_argument("--fail-on-leak", action="store_true", help="exit 1 when an identity cluster is in two splits")
     return p
 
 
@@ -136,6 +149,18 @@ def _run(args):
 
         r = verify(args.store, args.dataset, args.fields, deep=args.deep)
         return r, format_verify(r), 0 if r["ok"] else 1
+    if args.command == "identities":
+        from catalog.identities import DEFAULT_THRESHOLD, format_identities, identities
+
+        threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+        if args.write:  # a writer: one per store at a time (catalog/lock.py)
+            from catalog.lock import store_lock
+
+            with store_lock(args.store):
+                r = identities(args.store, threshold, args.dataset, True, args.by)
+        else:
+            r = identities(args.store, threshold, args.dataset, False, args.by)
+        return r, format_identities(r), 1 if args.fail_on_leak and r["leaking_clusters"] else 0
     raise AssertionError(args.command)
 
 

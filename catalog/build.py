@@ -61,8 +61,14 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "audio_coverage": pa.float64(),  # share 0..1 of the timeline with real audio
     "warnings": pa.list_(pa.string()),
     "detection_rate": pa.float64(), "face_size": pa.float64(), "detection_confidence": pa.float64(),
+    # face quality (features/quality.py): face size in the aligned frame (source px), detector face
+    # counts, Laplacian variance of the aligned crop, head pose in degrees (medians; max |yaw|)
+    "aligned_face_size": pa.float64(), "faces_max": pa.int32(), "one_face_share": pa.float64(),
+    "sharpness": pa.float64(), "yaw": pa.float64(), "pitch": pa.float64(), "roll": pa.float64(),
+    "yaw_abs_max": pa.float64(),
     "sync_offset": pa.int32(), "sync_confidence": pa.float64(), "sync_min_dist": pa.float64(),
     "sync_scorer": pa.string(),
+    "identity_cluster": pa.int32(),  # python -m catalog identities --write (catalog/identities.py)
 }
 # Quality figures older meta sidecars carry at the top level of an entry rather than in `columns`.
 LEGACY_META_COLUMNS = ("n_frames", "detection_rate", "face_size", "detection_confidence")

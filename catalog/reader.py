@@ -13,7 +13,7 @@ What `decode_member` (the default) keeps in memory per utterance:
 | field | kept |
 |---|---|
 | rgb, lip (.jpgs) | the JPEG-sequence bytes: a reader decodes only the frames it uses |
-| mel, landmarks, hubert, tdmm, fbank (.npy) | a read-only zero-copy view on the member bytes (float16 stays float16) |
+| mel, landmarks, hubert, whisper, tdmm, fbank (.npy) | a read-only zero-copy view on the member bytes (float16 stays float16) |
 | parsing (.npy.gz) | the uint8 label maps (gzip is whole-member, so it is inflated once) |
 | audio (.flac) | float32 samples |
 | meta (.json) | the JSON object |
@@ -278,7 +278,7 @@ def _read_field(utt: Utterance, name: str, members: dict[str, bytes], decode: De
     utt.data[name] = value
     if extras:
         utt.extras.update({e: b for e, b in members.items() if e != ext})
-    if name != META:
+    if name != META and rate_of(name) > 0:  # rate 0: one value per utterance (identity), no timebase
         utt.n_frames = frames_covered(name, length_of(name, value), utt.n_frames)
 
 

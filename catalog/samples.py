@@ -12,8 +12,11 @@ made, so a shard can be held and shuffled without decoding it). Layouts, as stor
 | tdmm | (T, 71) float32 (+ `tdmm_id` (32,) per utterance) | (k, 71) |
 | mel | (80, 1 + 16 T / 5) float16 (bands first) | (80, 80 k / 25) = (80, 16) for k = 5 |
 | hubert | (2T, D) float16 | (2k, D) |
+| whisper | (2T, d) float16, or (2T, layers + 1, d) with every layer | (2k, d) / (2k, layers + 1, d); per-frame generator windows: catalog.whisper_windows |
 | fbank | (4T, 26) | (4k, 26) |
 | audio | (640 T,) float32, 16 kHz | (640 k,) |
+| landmarks68 | (T, 68, 2) float16, crop pixels | (k, 68, 2) |
+| identity | dict: `embedding` (128,) float32, `spread`, ... | the same dict (one per utterance) |
 | meta | dict (JSON) | (not windowed) |
 
 Window rows follow DESIGN.md's per-field window table (`features.timebase.window_slice`):
@@ -64,6 +67,8 @@ def field_clip(utt: Utterance, name: str, t: int, frames: int) -> np.ndarray:
     """Field `name` of `utt` over frames [t, t + frames) of its (sync-corrected) timeline."""
     start = t if utt.sync is None else utt.sync.start(name, t)
     value = utt.data[name]
+    if rate_of(name) == 0:  # one value per utterance (identity): the same in every window
+        return value
     if name in JPEG_FIELDS:  # JPEG bytes: decode only these frames
         return FIELDS[name].decode(value, start, start + frames)
     return np.array(_along_time(value, name, frame_rows(rate_of(name), start, frames)))
@@ -72,7 +77,7 @@ def field_clip(utt: Utterance, name: str, t: int, frames: int) -> np.ndarray:
 def whole_value(utt: Utterance, name: str) -> Any:
     """One field of a whole utterance, decoded; cut to the paired frames when sync-corrected."""
     value = utt.data[name]
-    if name == META:
+    if name == META or rate_of(name) == 0:
         return value
     if utt.sync is not None:
         return field_clip(utt, name, 0, utt.n_frames)

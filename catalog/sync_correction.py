@@ -7,7 +7,7 @@ With the catalog's `sync_offset` o (syncnet_python's sign: audio late by d frame
 the sound of video frame t sits at audio frame t + d, so
 
     visual fields (rgb, landmarks, parsing, tdmm, lip) start at frame t + max(0, -d)
-    audio fields (audio, mel, hubert, fbank)          start at frame t + max(0, d)
+    audio fields (audio, mel, hubert, whisper, fbank) start at frame t + max(0, d)
 
 for corrected window t = 0 .. n - |d| - 5. The |d| frames that have no partner at one end (the
 first d video frames and the last d audio frames when the audio is late; the reverse when it is
@@ -22,7 +22,7 @@ from typing import Iterable
 
 from features.timebase import WINDOW
 
-AUDIO_FIELDS = frozenset({"audio", "mel", "hubert", "fbank"})
+AUDIO_FIELDS = frozenset({"audio", "mel", "hubert", "whisper", "fbank"})
 MAX_OFFSET = 14  # |offset| 15 is the edge of the -15..15 search: not trusted
 
 

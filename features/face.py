@@ -61,6 +61,7 @@ class FaceTrack:
     detection_confidence: float  # mean detector score over the detector runs that found the face
     missing_frames: list[int]  # frames filled by holding or interpolating neighbours
     detector_runs: int = 0  # how often the detector ran (the rest was mesh tracking)
+    face_counts: list[int] = field(default_factory=list)  # faces the detector found, per run
     outputs: dict[str, Any] = field(default_factory=dict)  # crop maker name -> its bytes or SpilledMember
 
 
@@ -205,6 +206,8 @@ class CropMaker(Protocol):
 
     name: str
     geometry: Geometry | None  # None: the aligned face square (FACE_SQUARE)
+    # optional `sampled = True`: frames without a settled placement are skipped, not made in a
+    # second pass (features/quality.py's probe keeps figures, not one output per frame)
 
     def add(self, t: int, frame: np.ndarray, params: np.ndarray) -> None: ...
 
@@ -369,6 +372,7 @@ class _Pass:
         self.roi: np.ndarray | None = None  # cx, cy, side of the next mesh square
         self.last_detection = -10 ** 9
         self.detector_runs = 0
+        self.face_counts: list[int] = []  # faces found at each detector run (quality columns)
         self.boxes = Rows()  # per frame: the settled face square (cx, cy, side), or None
         self.held: dict[str, np.ndarray] = {}  # geometry key -> last settled parameters
         self.first: dict[str, np.ndarray] = {}  # geometry key -> first settled parameters
@@ -397,6 +401,7 @@ class _Pass:
         self.last_detection = t
         self.detector_runs += 1
         candidates = self.tracker._detector(frame)
+        self.face_counts.append(len(candidates))
         if not candidates:
             return
         if self.roi is None:  # no track yet: the most prominent face is the subject
@@ -462,7 +467,8 @@ class _Pass:
         for maker in self.makers:
             params = square if maker.geometry is None else self._placement(maker.name, t, last)
             if params is None:
-                self.pending.setdefault(maker.name, []).append(t)
+                if not getattr(maker, "sampled", False):  # a sampling maker skips it: no second pass
+                    self.pending.setdefault(maker.name, []).append(t)
             elif frame is not None:
                 maker.add(t, frame, params)
 
@@ -557,6 +563,7 @@ class FaceTracker:
         return FaceTrack(landmarks=landmarks, boxes=boxes, detection_rate=detection_rate,
                          detection_confidence=float(np.mean(state.scores)) if state.scores else 0.0,
                          missing_frames=np.flatnonzero(~found).tolist(), detector_runs=state.detector_runs,
+                         face_counts=state.face_counts,
                          outputs={m.name: m.result() for m in makers})
 
     def _second_pass(self, state: _Pass, makers: list[CropMaker],

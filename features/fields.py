@@ -3,7 +3,8 @@
 Extraction is lazy per utterance: `Sources` reads the video in one streaming pass and tracks the
 face at most once, and only when a requested field needs them (bounded memory: no frame stack). Audio features read the utterance's stored audio
 and parsing / tdmm its stored landmarks when those are already in the store, so adding such a
-field never touches the video. Fresh audio and landmarks pass through their storage codecs
+field never touches the video (but parsing's person masks, features/segmentation.py, which need
+the frames: parsing decodes and tracks again when the selfie model is available). Fresh audio and landmarks pass through their storage codecs
 first, so a field computes the same bytes whether its inputs were stored earlier or not.
 """
 from __future__ import annotations
@@ -15,16 +16,23 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from features import aligned as aligned_field
 from features import audio as audio_field
 from features import fbank as fbank_field
 from features import hubert as hubert_field
+from features import identity as identity_field
 from features import landmarks as landmarks_field
+from features import landmarks68 as landmarks68_field
 from features import lip as lip_field
 from features import mel as mel_field
 from features import parsing as parsing_field
+from features import quality as quality_field
 from features import rgb as rgb_field
+from features import segmentation as segmentation_field
 from features import tdmm as tdmm_field
+from features import whisper as whisper_field
 from features.codecs import decode_npy, encode_npy
+from features.errors import ModelUnavailable
 from features.face import VERSION as FACE_VERSION
 from features.face import FaceTrack, FaceTracker
 from features.media import MediaError, Timeline, VideoStream, load_audio, quality_warnings, read_timeline
@@ -36,10 +44,26 @@ class Options:
 
     hubert_model: str = hubert_field.DEFAULT_MODEL
     hubert_layer: int = -1
+    whisper_model: str = whisper_field.DEFAULT_MODEL
+    whisper_layer: int | str = -1  # or 'all': every hidden state
     tdmm_model: Path | None = None  # <store>/models/tdmm-<version>.npz once fitted
 
 
-FACE_FIELDS = ("rgb", "landmarks", "lip")  # fields made from the face track
+# the model fields' options (model, layer): recorded per tar (sidecar provenance) and in store.json
+MODEL_OPTIONS = {"hubert": ("hubert_model", "hubert_layer"), "whisper": ("whisper_model", "whisper_layer")}
+
+
+def model_provenance(name: str, options: Options) -> dict | None:
+    """{"model", "layer"} a model field's members are made with; None for other fields."""
+    if name not in MODEL_OPTIONS:
+        return None
+    model, layer = MODEL_OPTIONS[name]
+    return {"model": getattr(options, model), "layer": getattr(options, layer)}
+
+
+ALIGNED_FIELDS = tuple(f"aligned{size}" for size in aligned_field.SIZES)  # upright crops by size
+DLIB_FIELDS = {"landmarks68": landmarks68_field.Landmarks68, "identity": identity_field.IdentitySamples}  # dlib models
+FACE_FIELDS = ("rgb", "landmarks", "lip", *ALIGNED_FIELDS, *DLIB_FIELDS)  # fields made from the face track
 TRACKED_INPUTS = ("parsing", "tdmm")  # made from the landmarks, stored or tracked
 
 
@@ -64,13 +88,31 @@ class Sources:
 
     def needs_face(self) -> bool:
         """Whether the video pass must track the face (else it only reads the timeline)."""
-        if self.wanted & {"rgb", "lip"}:
+        if "parsing" in self.wanted and segmentation_field.available():  # hair, neck: the frames
+            return True
+        if self.wanted & {"rgb", "lip", *ALIGNED_FIELDS, *DLIB_FIELDS}:
             return True
         return "landmarks" not in self.stored and bool(self.wanted & {"landmarks", *TRACKED_INPUTS})
 
     def _makers(self) -> list:
         return ([rgb_field.FaceCrops()] if "rgb" in self.wanted else []) + \
-               ([lip_field.MouthRois()] if "lip" in self.wanted else [])
+               ([lip_field.MouthRois()] if "lip" in self.wanted else []) + \
+               ([segmentation_field.PersonMasks()] if "parsing" in self.wanted and segmentation_field.available()
+                else []) + \
+               [aligned_field.AlignedCrops(int(n[len("aligned"):])) for n in ALIGNED_FIELDS if n in self.wanted] + \
+               [quality_field.QualityProbe()] + \
+               self._dlib_makers()
+
+    def _dlib_makers(self) -> list:
+        """The dlib fields' makers; one whose model cannot load is left out and its field fails
+        alone (ModelUnavailable: job level), the tracking pass and the other fields go on."""
+        makers = []
+        for name in (n for n in DLIB_FIELDS if n in self.wanted):
+            try:
+                makers.append(DLIB_FIELDS[name]())
+            except ModelUnavailable as exc:
+                self._errors[name] = exc
+        return makers
 
     @cached_property
     def _video(self) -> tuple[Timeline | None, FaceTrack | None]:
@@ -165,9 +207,23 @@ class Sources:
         tdmm only read them, widening a block at a time."""
         return landmarks_field.view(self.landmarks_bytes)
 
+    def person_masks(self) -> np.ndarray | None:
+        """The tracking pass's person masks (features/segmentation.py), one per landmarks frame; None
+        when the selfie model is unavailable or the pass has none: parsing then draws the mesh alone."""
+        if not segmentation_field.available():  # the landmarks-only path: no video pass for it
+            return None
+        try:
+            masks = self.face.outputs.get("person")
+        except Exception:  # no usable track: parsing still draws the stored landmarks
+            return None
+        return masks if masks is not None and len(masks) == len(self.landmarks) else None
+
     def crops(self, name: str) -> bytes:
-        """The bytes a crop maker made during the tracking pass (rgb, lip)."""
-        return self.face.outputs[name]
+        """The bytes a crop maker made during the tracking pass (rgb, lip, landmarks68, ...)."""
+        face = self.face
+        if name in self._errors:  # its maker could not be set up (features.errors.ModelUnavailable)
+            raise self._errors[name]
+        return face.outputs[name]
 
     def tdmm_model(self) -> "tdmm_field.MorphableModel":
         if self._tdmm_model is None:
@@ -199,7 +255,8 @@ FIELDS: dict[str, Field] = {f.name: f for f in [
           lambda s: encode_npy(mel_field.wav2lip_mel(s.audio).astype(np.float16)), decode_npy,
           needs=("audio",)),
     Field("parsing", "parsing.npy.gz", 25, parsing_field.VERSION, "feature",
-          lambda s: parsing_field.encode(s.landmarks), parsing_field.decode, needs=("landmarks",)),
+          lambda s: parsing_field.encode(s.landmarks, s.person_masks()), parsing_field.decode,
+          needs=("landmarks",)),
     Field("tdmm", "tdmm.npy", 25, tdmm_field.VERSION, "model",
           lambda s: tdmm_field.encode(s.landmarks, s.tdmm_model()), tdmm_field.decode,
           needs=("landmarks",)),
@@ -207,8 +264,18 @@ FIELDS: dict[str, Field] = {f.name: f for f in [
           lambda s: hubert_field.encode(hubert_field.hubert_features(
               s.audio, s.options.hubert_model, s.options.hubert_layer)),
           hubert_field.decode, needs=("audio",), gpu=True),
+    Field("whisper", "whisper.npy", 50, whisper_field.VERSION, "model",
+          lambda s: whisper_field.encode(whisper_field.whisper_features(
+              s.audio, s.options.whisper_model, s.options.whisper_layer)),
+          whisper_field.decode, needs=("audio",), gpu=True),
     Field("lip", "lip.jpgs", 25, f"{lip_field.VERSION}+{FACE_VERSION}", "face",
           lambda s: s.crops("lip"), lip_field.decode),
+    Field("landmarks68", "landmarks68.npy", 25, f"{landmarks68_field.VERSION}+{FACE_VERSION}", "model",
+          lambda s: s.crops("landmarks68"), landmarks68_field.decode),
+    Field("identity", "identity.json", 0, f"{identity_field.VERSION}+{FACE_VERSION}", "model",
+          lambda s: s.crops("identity"), identity_field.decode),  # rate 0: one member per utterance
+    *[Field(name, f"{name}.jpgs", 25, f"{aligned_field.VERSION}+{rgb_field.VERSION}+{FACE_VERSION}", "face",
+            lambda s, name=name: s.crops(name), aligned_field.decode) for name in ALIGNED_FIELDS],
     Field("fbank", "fbank.npy", 100, fbank_field.VERSION, "feature",
           lambda s: fbank_field.encode(s.audio), fbank_field.decode, needs=("audio",)),
 ]}

@@ -9,7 +9,6 @@ matches one pass over the whole utterance.
 """
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import numpy as np
 
 from features.codecs import decode_npy, encode_npy
 from features.errors import ModelUnavailable
+from features.hub import load_error, load_pretrained
+from features.hub import hub_reachable  # noqa: F401  (features.hub; tests clear its cache here)
 
 DEFAULT_MODEL = "facebook/hubert-large-ls960-ft"
 MANDARIN_MODEL = "TencentGameMate/chinese-hubert-large"
@@ -31,66 +32,10 @@ class HubertLoadError(ModelUnavailable):
 
 
 _FAILED: dict[str, HubertLoadError] = {}  # a model that failed to load fails fast afterwards
-HUB_PROBE_TIMEOUT_S = 3.0  # one connection attempt to the hub; no retries
-
-
-def _offline_requested() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-@lru_cache(maxsize=4)
-def hub_reachable(endpoint: str | None = None, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """One TCP connection to the hub (name lookup included), bounded by `timeout` seconds.
-
-    The hub client retries an unreachable host for about 20 s per file; this probe costs at most
-    `timeout` once per process, so a machine without the hub fails at once.
-    """
-    import socket
-    import threading
-    from urllib.parse import urlparse
-
-    if endpoint is None:
-        from huggingface_hub import constants
-
-        endpoint = constants.ENDPOINT
-    url = urlparse(endpoint)
-    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
-    result = [False]
-
-    def connect() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result[0] = True
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=connect, daemon=True)  # getaddrinfo has no timeout of its own
-    thread.start()
-    thread.join(timeout)
-    return result[0]
 
 
 def _load_error(model: str, why: str) -> HubertLoadError:
-    hub_id = model if not Path(model).expanduser().is_absolute() and not model.startswith((".", "~")) else DEFAULT_MODEL
-    return HubertLoadError(
-        f"cannot load HuBERT weights {model!r}: {why}. Download them where the hub is reachable "
-        f"(huggingface-cli download {hub_id} --local-dir DIR) and pass --hubert-model DIR to "
-        "pipelines/extract.py, a local directory holding config.json and the weights.")
-
-
-def _pretrained_kwargs(model: str) -> dict:
-    """from_pretrained options: local files only for a directory, offline mode or no hub."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise _load_error(model, f"the directory {path} holds no config.json")
-        return {"local_files_only": True}
-    if model.startswith((".", "/", "~")) or path.exists():
-        raise _load_error(model, f"{path} is not a directory")
-    if _offline_requested() or not hub_reachable():
-        return {"local_files_only": True}  # a copy in the local hub cache still loads
-    return {}
+    return load_error(HubertLoadError, "HuBERT", model, why, "--hubert-model", DEFAULT_MODEL)
 
 
 @lru_cache(maxsize=2)
@@ -104,25 +49,9 @@ def load_model(model: str = DEFAULT_MODEL, device: str | None = None):
     import torch
     from transformers import HubertModel
 
-    if model in _FAILED:
-        raise _FAILED[model]
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    net, _ = load_pretrained(lambda kwargs: HubertModel.from_pretrained(model, **kwargs), model,
+                             lambda why: _load_error(model, why), _FAILED)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        kwargs = _pretrained_kwargs(model)
-        net = HubertModel.from_pretrained(model, **kwargs)
-    except HubertLoadError as exc:
-        _FAILED[model] = exc
-        raise
-    except Exception as exc:
-        if kwargs and not Path(model).expanduser().is_dir():
-            why = ("the hub is not reachable from here ("
-                   f"{'offline mode is set' if _offline_requested() else 'one connection attempt failed'}) "
-                   "and the local cache has no copy")
-        else:
-            why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
-        _FAILED[model] = _load_error(model, why)
-        raise _FAILED[model] from exc
     net = net.to(device).eval()
     if device.startswith("cuda"):
         net = net.half()

@@ -3,9 +3,15 @@ drawn from the face mesh geometry in crop coordinates.
 
 Regions are filled as polygons in painting order (skin first, then features on top), so a
 pixel has the label of the last region covering it. Left/right follow MediaPipe's naming: the
-subject's own left (2 = left brow, 4 = left eye). Hair, neck and cloth are not drawn (they need a
-segmenter; MediaPipe's selfie segmentation can plug in here later, as can a learned parser with
-the same `parse(landmarks) -> labels` interface).
+subject's own left (2 = left brow, 4 = left eye).
+
+Hair, neck, cloth and background come from a person mask (features/segmentation.py: MediaPipe's
+selfie segmentation, run on the frames during the tracking pass) under the mesh regions: outside
+the person is background (0); a person pixel outside the face oval is hair (17) above the line
+through the cheek extremes (234, 454) and at the sides down to the chin, neck (14) below that
+line within the jaw's width (172 .. 397), cloth (18) below the chin outside it. Without a mask
+(`person=None`: the selfie model unavailable) the map is the mesh alone, everything outside the
+face background, as version mesh-geometry-1 was.
 """
 from __future__ import annotations
 
@@ -16,9 +22,11 @@ import numpy as np
 
 from features.codecs import decode_npy, npy_header
 
-VERSION = "mesh-geometry-1"
+VERSION = "mesh-selfie-2"
 SIZE = 96
 BACKGROUND, SKIN, L_BROW, R_BROW, L_EYE, R_EYE, NOSE, MOUTH, U_LIP, L_LIP = 0, 1, 2, 3, 4, 5, 10, 11, 12, 13
+NECK, HAIR, CLOTH = 14, 17, 18
+CHEEKS, CHIN, JAW = (234, 454), 152, (172, 397)  # mesh points of the hair / neck / cloth lines
 
 FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
              152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109]
@@ -43,11 +51,27 @@ REGIONS = [  # (label, polygon vertex indices), in painting order
 ]
 
 
-def parse_frame(landmarks: np.ndarray, size: int = SIZE) -> np.ndarray:
-    """(size, size) uint8 labels from one frame's (478, 3) crop-pixel landmarks."""
+def person_labels(landmarks: np.ndarray, person: np.ndarray) -> np.ndarray:
+    """(size, size) uint8: hair, neck and cloth on the person mask, background elsewhere (the
+    face regions are painted over it by parse_frame)."""
+    size = person.shape[0]
+    lm = landmarks[:, :2].astype(np.float32)
+    yy, xx = np.mgrid[:size, :size] + 0.5
+    cheek_y, chin_y = lm[list(CHEEKS), 1].mean(), lm[CHIN, 1]
+    jaw_x0, jaw_x1 = sorted(lm[list(JAW), 0])
+    within_jaw = (xx >= jaw_x0) & (xx <= jaw_x1)
+    labels = np.where(person, HAIR, BACKGROUND).astype(np.uint8)
+    labels[person & (yy > cheek_y) & within_jaw] = NECK
+    labels[person & (yy > chin_y) & ~within_jaw] = CLOTH
+    return labels
+
+
+def parse_frame(landmarks: np.ndarray, size: int = SIZE, person: np.ndarray | None = None) -> np.ndarray:
+    """(size, size) uint8 labels from one frame's (478, 3) crop-pixel landmarks, over the
+    person mask's hair / neck / cloth / background when one is given."""
     import cv2
 
-    labels = np.zeros((size, size), np.uint8)
+    labels = np.zeros((size, size), np.uint8) if person is None else person_labels(landmarks, person)
     pts = np.round(landmarks[:, :2].astype(np.float32) * 4).astype(np.int32)  # 2 bits of subpixel
     for label, index in REGIONS[:5]:
         cv2.fillPoly(labels, [pts[index]], int(label), lineType=cv2.LINE_8, shift=2)
@@ -57,28 +81,29 @@ def parse_frame(landmarks: np.ndarray, size: int = SIZE) -> np.ndarray:
     return labels
 
 
-def parse(landmarks: np.ndarray) -> np.ndarray:
-    """(n, 96, 96) uint8 label maps for (n, 478, 3) landmarks."""
+def parse(landmarks: np.ndarray, person: np.ndarray | None = None) -> np.ndarray:
+    """(n, 96, 96) uint8 label maps for (n, 478, 3) landmarks (and (n, 96, 96) person masks)."""
     out = np.zeros((len(landmarks), SIZE, SIZE), np.uint8)
-    for labels, frame in zip(out, landmarks):
-        labels[:] = parse_frame(frame)
+    for i, (labels, frame) in enumerate(zip(out, landmarks)):
+        labels[:] = parse_frame(frame, person=None if person is None else person[i])
     return out
 
 
 BLOCK = 1024  # frames parsed and compressed at a time (9 MB of label maps)
 
 
-def encode(landmarks: np.ndarray) -> bytes:
+def encode(landmarks: np.ndarray, person: np.ndarray | None = None) -> bytes:
     """Label maps compress ~20x; gzip with mtime 0 keeps the bytes reproducible.
 
     The .npy is parsed and compressed BLOCK frames at a time, never whole (30 minutes of maps
     are 415 MB): deflate's output does not depend on how its input is split, so the bytes equal
-    `gzip.compress(encode_npy(parse(landmarks)), 6, mtime=0)`."""
+    `gzip.compress(encode_npy(parse(landmarks, person)), 6, mtime=0)`."""
     n = len(landmarks)
     gz = zlib.compressobj(6, zlib.DEFLATED, 31)  # what gzip.compress(mtime=0) runs: a gzip stream
     out = [gz.compress(npy_header((n, SIZE, SIZE), np.uint8))]
     for a in range(0, n, BLOCK):
-        out.append(gz.compress(parse(landmarks[a:a + BLOCK]).tobytes()))
+        block = None if person is None else person[a:a + BLOCK]
+        out.append(gz.compress(parse(landmarks[a:a + BLOCK], block).tobytes()))
     out.append(gz.flush())
     return b"".join(out)
 

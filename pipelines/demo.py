@@ -19,6 +19,7 @@ from catalog.build import read_table
 from catalog.summary import format_summary, summarize
 from features.cli import HelpFormatter
 from features.fields import FIELDS
+from features import whisper
 from features.hubert import DEFAULT_MODEL, HubertLoadError, load_model
 from catalog.preview import render_preview
 from pipelines.synthetic import generate_corpus
@@ -61,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "result then depends on its speed and the summary says so)")
     p.add_argument("--hubert-model", default=DEFAULT_MODEL,
                    help="HuBERT id or local directory; the field is skipped when it cannot load")
+    p.add_argument("--whisper-model", default=whisper.DEFAULT_MODEL,
+                   help="Whisper id or local directory; the field is skipped when it cannot load")
     return p.parse_args(argv)
 
 
@@ -74,16 +77,22 @@ def main(argv=None) -> int:
     if not any(corpus.glob("*/*.mp4")):
         generate_corpus(corpus, n_speakers=args.speakers, n_utterances=args.utterances, seed=args.seed)
 
-    fields = [f for f in FIELDS if f != "hubert"] + ["meta"]
+    fields = [f for f in FIELDS if f not in ("hubert", "whisper")] + ["meta"]
     try:
         load_model(args.hubert_model)
         fields.append("hubert")
     except HubertLoadError as exc:
         print(f"skipping the hubert field: {exc}")
+    try:
+        whisper.load_model(args.whisper_model)
+        fields.append("whisper")
+    except whisper.WhisperLoadError as exc:
+        print(f"skipping the whisper field: {exc}")
     print(f"[2/5] extraction of {' '.join(fields)} with local Ray ({args.workers} workers) -> {store}")
     subprocess.run([sys.executable, str(Path(__file__).with_name("extract.py")), "--dataset", "synthetic",
                     "--root", str(corpus), "--store", str(store), "--workers", str(args.workers),
-                    "--shard-size", "6", "--fields", *fields, "--hubert-model", args.hubert_model],
+                    "--shard-size", "6", "--fields", *fields, "--hubert-model", args.hubert_model,
+                    "--whisper-model", args.whisper_model],
                    check=True, env={**os.environ, "RAY_ADDRESS": ""})
     report = json.loads((store / "extract_report.json").read_text())
 

@@ -44,8 +44,10 @@ from catalog.layout import STORE_VERSION, read_store_json, write_store_json
 from catalog.lock import StoreLocked, store_lock
 from catalog.plan import DEFAULT_SHARD_MINUTES, extend_plan, read_plan, shards_of, write_plan
 from catalog.sidecar import parse_sidecar
+from features import whisper as whisper_field
 from features.cli import HelpFormatter
-from features.fields import DEFAULT_FIELDS, FIELDS, Options, resolve
+from features.aligned import SIZES as ALIGNED_SIZES
+from features.fields import ALIGNED_FIELDS, DEFAULT_FIELDS, FIELDS, MODEL_OPTIONS, Options, model_provenance, resolve
 from features.hubert import DEFAULT_MODEL, MANDARIN_MODEL
 from features.timebase import FPS, WINDOW
 from pipelines import job
@@ -67,6 +69,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"HuBERT hub id or local directory (default: {DEFAULT_MODEL}; "
                         f"{MANDARIN_MODEL} for Mandarin corpora)")
     p.add_argument("--hubert-layer", type=int, default=-1, help="hidden layer to store (-1: last)")
+    p.add_argument("--crop-size", type=int, choices=ALIGNED_SIZES, default=ALIGNED_SIZES[0],
+                   help="the size `--fields aligned` (and `all`) stands for: the field aligned<size> "
+                        "(features/aligned.py)")
+    p.add_argument("--whisper-model", default=whisper_field.DEFAULT_MODEL,
+                   help="Whisper hub id or local directory (the encoder runs, no decoder)")
+    p.add_argument("--whisper-layer", type=whisper_field.parse_layer, default=-1,
+                   help="hidden state to store (-1: the last; 0: the embedding; k: after block k) or "
+                        "'all': every one, stacked (MuseTalk's input)")
     add_runner_options(p, "concurrent shard tasks (default: every CPU Ray offers)")
     p.add_argument("--shard-minutes", type=float, default=DEFAULT_SHARD_MINUTES,
                    help="minutes of video per new shard (catalog/plan.py: durations when known, else "
@@ -182,7 +192,8 @@ def extract_fields(runner: Runner, store: Path, args: argparse.Namespace, plan: 
     from pipelines.models import ensure_tdmm_model
     from pipelines.shard_failures import write_failed_shard
 
-    options = Options(hubert_model=hubert_model(args), hubert_layer=args.hubert_layer)
+    options = Options(hubert_model=hubert_model(args), hubert_layer=args.hubert_layer,
+                      whisper_model=args.whisper_model, whisper_layer=args.whisper_layer)
     has_gpu = runner.has_gpu(len(shards_of(plan)))  # a local worker: every field in one phase
     on_gpu = [f for f in fields if f in FIELDS and FIELDS[f].gpu and has_gpu]
     first = [f for f in fields if f != "tdmm" and f not in on_gpu]
@@ -200,7 +211,8 @@ def extract_fields(runner: Runner, store: Path, args: argparse.Namespace, plan: 
     shards = shards_of(plan)
     for shard_id, cause in failures.items():  # the later phases' fields of a failed shard: error rows too
         write_failed_shard(store, args.dataset, shard_id, shards[shard_id], fields, cause)
-    record_provenance(store, options if "hubert" in fields else None)
+    for name in MODEL_OPTIONS:
+        record_provenance(store, options if name in fields else None, name)
     return frames, failures
 
 
@@ -263,7 +275,10 @@ def store_lock_checked(args: argparse.Namespace, store: Path):
             raise ValueError(f"the sync pass is its own command: run extract.py without --fields sync / "
                              f"--sync-scorer, then python -m training.sync.sync_pass --store {args.store} "
                              f"--scorer {args.sync_scorer or 'unisync:CHECKPOINT'}")
-        args.fields = resolve(args.fields)
+        wanted = [f"aligned{args.crop_size}" if f == "aligned" else f for f in args.fields]
+        args.fields = resolve(wanted)
+        if wanted in ([], ["all"]):  # every field, the aligned crops at --crop-size only
+            args.fields = [f for f in args.fields if f not in ALIGNED_FIELDS or f == f"aligned{args.crop_size}"]
         if not args.ray_timeout > 0:
             raise ValueError(f"--ray-timeout must be positive, got {args.ray_timeout}")
     job.check_store(store)
@@ -330,47 +345,49 @@ def update_store_json(store: Path, args: argparse.Namespace, fields: list[str]) 
                 fields={f: {"version": FIELDS[f].version, "ext": FIELDS[f].ext, "rate": FIELDS[f].rate}
                         if f in FIELDS else {"version": "meta-1", "ext": "json", "rate": None}
                         for f in store_fields})
-    if "hubert" in store_fields:
-        info["fields"]["hubert"].update(info.get("hubert", {}))
+    for name in MODEL_OPTIONS:  # hubert, whisper: the model and layer of the stored rows
+        if name in store_fields:
+            info["fields"][name].update(info.get(name, {}))
     write_store_json(store, info)
     return store_fields
 
 
-def record_provenance(store: Path, requested: Options | None = None) -> None:
-    """store.json's `hubert` entry: the model and layer of the stored hubert tars that hold rows
-    (their sidecars' provenance; a sidecar from before provenance was recorded keeps the entry
+def record_provenance(store: Path, requested: Options | None = None, name: str = "hubert") -> None:
+    """store.json's `<name>` entry (hubert, whisper): the model and layer of the stored tars that
+    hold rows (their sidecars' provenance; a sidecar from before provenance was recorded keeps the entry
     store.json had). No row made: no entry. Several: `{"models": [...]}` and a warning; tars made
     with another model than `requested` are named with the way to redo them."""
     info = read_store_json(store)
     made: dict[tuple, int] = {}
-    for path in sorted(Path(store).glob("shards/*/hubert/*.json")):
+    for path in sorted(Path(store).glob(f"shards/*/{name}/*.json")):
         side = parse_sidecar(path.read_bytes())
         if side is None or not any(m.get("status") == "ok" for m in side["members"]):
             continue
-        prov = side.get("provenance") or info.get("hubert") or {}
+        prov = side.get("provenance") or info.get(name) or {}
         key = (prov.get("model"), prov.get("layer"))
         made[key] = made.get(key, 0) + 1
-    if "hubert" in info.get("fields", {}):
+    if name in info.get("fields", {}):
         for k in ("model", "layer", "models"):
-            info["fields"]["hubert"].pop(k, None)
+            info["fields"][name].pop(k, None)
     if not made:
-        info.pop("hubert", None)
+        info.pop(name, None)
     elif len(made) == 1:
         (model, layer), = made
-        info["hubert"] = {"model": model, "layer": layer}
+        info[name] = {"model": model, "layer": layer}
     else:
-        info["hubert"] = {"models": [{"model": m, "layer": l, "shards": n} for (m, l), n in sorted(
+        info[name] = {"models": [{"model": m, "layer": l, "shards": n} for (m, l), n in sorted(
             made.items(), key=lambda kv: str(kv[0]))]}
-        print(f"warning: the store's hubert tars were made with {len(made)} models/layers: "
+        print(f"warning: the store's {name} tars were made with {len(made)} models/layers: "
               f"{sorted(made, key=str)}", file=sys.stderr)
     if requested is not None:
-        other = {k: n for k, n in made.items() if k != (requested.hubert_model, requested.hubert_layer)}
+        wanted = model_provenance(name, requested)
+        other = {k: n for k, n in made.items() if k != (wanted["model"], wanted["layer"])}
         if other:
-            print(f"warning: {sum(other.values())} hubert shard tar(s) were made with {sorted(other, key=str)}, "
-                  f"not {requested.hubert_model!r} layer {requested.hubert_layer}; add --overwrite to redo "
+            print(f"warning: {sum(other.values())} {name} shard tar(s) were made with {sorted(other, key=str)}, "
+                  f"not {wanted['model']!r} layer {wanted['layer']}; add --overwrite to redo "
                   "them with it", file=sys.stderr)
-    if "hubert" in info and "hubert" in info.get("fields", {}):
-        info["fields"]["hubert"].update(info["hubert"])
+    if name in info and name in info.get("fields", {}):
+        info["fields"][name].update(info[name])
     write_store_json(store, info)
 
 

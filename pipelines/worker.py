@@ -32,7 +32,8 @@ from catalog.sidecar import pair_problem, read_sidecar, write_sidecar
 from catalog.tars import TarWriter, iter_members, sha256, sha256_parts
 from features.codecs import spilling
 from features.errors import ModelUnavailable
-from features.fields import ERROR_EXT, FACE_FIELDS, FIELDS, META_EXT, Options, Sources
+from features.quality import QUALITY_KEYS, face_quality
+from features.fields import ERROR_EXT, FACE_FIELDS, FIELDS, META_EXT, MODEL_OPTIONS, Options, Sources, model_provenance
 from features.timebase import FPS
 
 _TRACKER = None  # one FaceTracker per worker process: the MediaPipe graphs load once
@@ -86,10 +87,10 @@ def _error_of(exc: Exception, default_stage: str) -> dict:
 
 
 QUALITY_COLUMNS = ("n_frames", "expected_frames", "decoded_frames", "audio_coverage", "warnings",
-                   "detection_rate", "face_size", "detection_confidence")
+                   "detection_rate", "face_size", "detection_confidence", *QUALITY_KEYS)
 FACT_KEYS = ("n_frames", "duration_s", "expected_frames", "decoded_frames", "audio_coverage", "warnings")
 FACE_KEYS = ("detection_rate", "detection_confidence", "face_size", "missing_frames", "detector_runs",
-             "crop_boxes")
+             "crop_boxes", *QUALITY_KEYS)
 FACE_WARNING = "face:"  # the warnings the face track adds (Sources.facts); the rest are the source's
 
 
@@ -115,6 +116,7 @@ def _meta(row: dict, sources: Sources, results: dict[str, dict]) -> dict:
                     face_size=float(face.boxes[:, 2].mean()), missing_frames=face.missing_frames,
                     detector_runs=face.detector_runs,
                     crop_boxes=[[round(float(v), 2) for v in b] for b in face.boxes])
+        meta.update(face_quality(face.landmarks, face.face_counts, face.outputs.get("quality")))
     meta["versions"] = {f: FIELDS[f].version for f in results}
     meta["errors"] = {f: {"stage": r["stage"], "reason": r["reason"]}
                       for f, r in results.items() if r["status"] == "error"}
@@ -200,8 +202,8 @@ def _provenance(name: str, options: Options, entries: list[dict]) -> dict | None
     """What made the field's members beyond its version, recorded only when some member was made."""
     if not any(e["status"] == "ok" for e in entries):
         return None
-    if name == "hubert":
-        return {"model": options.hubert_model, "layer": options.hubert_layer}
+    if name in MODEL_OPTIONS:  # hubert, whisper
+        return model_provenance(name, options)
     if name == "tdmm" and options.tdmm_model:
         return {"model": str(options.tdmm_model)}
     return None

@@ -134,6 +134,14 @@ def tiny_hubert(path: Path) -> Path:
     return save_tiny_random_model(path)
 
 
+def tiny_whisper(path: Path) -> Path:
+    """A randomly initialised Whisper of the real architecture and 30-s input geometry
+    (features.whisper.save_tiny_random_model), saved where `--whisper-model` can load it."""
+    from features.whisper import save_tiny_random_model
+
+    return save_tiny_random_model(path)
+
+
 # -- extraction in this process, on one warm local worker --------------------------------------------
 # A test whose point is the store (not Ray, not the command line) runs pipelines/extract.py's main
 # here with `--ray never`: no Ray start-up (20-40 s on a busy machine) and no second Python; its
@@ -214,3 +222,15 @@ def extract_here(*argv: str | Path) -> Extraction:
     with warm_local_worker(), redirect_stdout(out), redirect_stderr(err):
         code = main(args)
     return Extraction(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def real_store(real_corpus, tmp_path_factory) -> Path:
+    """The real clips extracted with every field ("all"; tiny random HuBERT and Whisper): one
+    store for the session, which tests only read (test_representations, test_dlib_fields)."""
+    models = tmp_path_factory.mktemp("tiny_models")
+    store = tmp_path_factory.mktemp("real_all")
+    extract_here("--dataset", "folder", "--root", real_corpus, "--store", store, "--shard-size", "4",
+                 "--fields", "all", "--hubert-model", tiny_hubert(models / "hubert"),
+                 "--whisper-model", tiny_whisper(models / "whisper")).ok()
+    return store

@@ -343,6 +343,21 @@ def test_fit_trains_avsync_with_eq6(trained_avsync):
     assert isinstance(model, AVSyncNet) and ckpt["config"]["model"] == "avsync"
     assert tokenizer_of(ckpt).symbols == [" ", "a", "e", "i", "o", "u"]
 
+def test_evaluate_cli_reports_lip_reading_of_an_avsync_checkpoint(trained_avsync, capsys):
+    """unisync-evaluate on an AV-SyncNet checkpoint: sync figures and the lip reader's CER."""
+    from training.evaluate import main as evaluate_main
+
+    store, run, _ = trained_avsync
+    assert evaluate_main(["--checkpoint", str(run / "best.pt"), "--store", str(store), "--split", "test",
+                          "--pairs", "200", "--no-offsets", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "lip reading" in text and "vowel CER" in text and "majority-vowel baseline" in text
+    assert evaluate_main(["--checkpoint", str(run / "best.pt"), "--store", str(store), "--split", "test",
+                          "--pairs", "200", "--no-offsets", "--threads", "1", "--json"]) == 0
+    lip = json.loads(capsys.readouterr().out)["lip_reading"]
+    assert lip["n_utterances"] == 10 and 0 <= lip["cer"] and "baseline_vowel_cer" in lip
+
+
 
 # ---------------------------------------------------------------------------------------------
 # the frozen expert as a generator's loss (Eq. 13's stream-level terms)

@@ -18,9 +18,9 @@ pytestmark = pytest.mark.slow
 SLICE = ["audio", "rgb", "landmarks", "mel", "meta"]
 
 
-def run_extract(dataset: str, root: Path, store: Path) -> dict:
+def run_extract(dataset: str, root: Path, store: Path, *extra: str) -> dict:
     """The extraction job in this process, without Ray (tests/conftest.py: extract_here)."""
-    extract_here("--dataset", dataset, "--root", root, "--store", store, "--shard-size", "4").ok()
+    extract_here("--dataset", dataset, "--root", root, "--store", store, "--shard-size", "4", *extra).ok()
     return json.loads((store / "extract_report.json").read_text())
 
 
@@ -49,6 +49,12 @@ def best_lag(mouth: np.ndarray, loudness: np.ndarray, max_lag: int = 8) -> int:
     return max(scores, key=scores.get)
 
 
+def crop_mouth_darkness(crops: np.ndarray) -> np.ndarray:
+    """Per frame, how dark the template's mouth box is (an open mouth shows its dark inside)."""
+    s = crops.shape[1]
+    return 255.0 - crops[:, int(0.62 * s):int(0.80 * s), int(0.38 * s):int(0.62 * s)].mean(axis=(1, 2, 3))
+
+
 def test_sync_survives_the_pipeline(tmp_path):
     from pipelines.synthetic import generate_corpus
 
@@ -59,7 +65,7 @@ def test_sync_survives_the_pipeline(tmp_path):
         generate_corpus(root / name, n_speakers=2, n_utterances=1, min_seconds=4.0, max_seconds=5.0,
                         seed=7, progress=False, **kwargs)
     store = tmp_path / "store"
-    run_extract("folder", root, store)
+    run_extract("folder", root, store, "--fields", *SLICE, "aligned256")
     expected = {"base": 0, "fps30": 0, "uneven": 0, "shift3": 3, "shiftm4": -4}
     rows = pq.read_table(table_path(store, "utterances")).to_pylist()
     assert len(rows) == 10 and all(r["status"] == "ok" for r in rows)
@@ -71,3 +77,6 @@ def test_sync_survives_the_pipeline(tmp_path):
         loudness = np.sqrt((data["audio"].reshape(n, 640) ** 2).mean(axis=1))
         lag = best_lag(mouth_opening(data["landmarks"]), loudness)
         assert abs(lag - expected[variant]) <= 1, (row["utt_id"], lag)
+        crops = stored(store, row, ["aligned256"])["aligned256"]  # the upright 256 px crops, by their pixels
+        lag = best_lag(crop_mouth_darkness(crops), loudness)
+        assert crops.shape == (n, 256, 256, 3) and abs(lag - expected[variant]) <= 1, (row["utt_id"], "aligned256", lag)

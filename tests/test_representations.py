@@ -18,7 +18,7 @@ from features.fields import FIELDS
 from features.landmarks import LIPS, mouth_opening
 from tests.conftest import extract_here, tiny_hubert, tone
 
-ALL = ["audio", "rgb", "landmarks", "mel", "parsing", "tdmm", "hubert", "lip", "fbank"]
+ALL = ["audio", "rgb", "landmarks", "mel", "parsing", "tdmm", "hubert", "whisper", "lip", "fbank"]
 
 
 def run_extract(dataset: str, root: Path, store: Path, *extra: str) -> dict:
@@ -68,11 +68,7 @@ def test_hubert_load_error_names_the_model_and_the_fix(tmp_path):
     assert "no-such-model" in str(err.value) and "--hubert-model" in str(err.value)
 
 
-@pytest.fixture(scope="module")
-def real_store(real_corpus, hubert_dir, tmp_path_factory) -> Path:
-    store = tmp_path_factory.mktemp("real_all")
-    run_extract("folder", real_corpus, store, "--fields", "all", "--hubert-model", str(hubert_dir))
-    return store
+# real_store: tests/conftest.py (the real clips with every field, one store for the session)
 
 
 def test_real_clips_have_every_field_with_design_lengths(real_store):
@@ -92,6 +88,7 @@ def test_real_clips_have_every_field_with_design_lengths(real_store):
         assert d["tdmm"].shape == (n, 7 + 64)
         assert d["mel"].shape[1] == 1 + 640 * n // 200  # 80 Hz
         assert d["hubert"].shape == (2 * n, 16)  # 50 Hz, the tiny model's width
+        assert d["whisper"].shape == (2 * n, 16)  # 50 Hz, 2 rows per frame exactly
         assert d["fbank"].shape == (4 * n, 26)  # 100 Hz
         assert d["audio"].shape == (640 * n,)
     speakers = pq.read_table(table_path(real_store, "speakers")).to_pylist()

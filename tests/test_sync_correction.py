@@ -22,7 +22,7 @@ def test_correction_arithmetic():
     assert (early.start("audio", 0), early.start("rgb", 0), early.frames) == (0, 4, 96)
     assert correction_for(0, 100) is None and correction_for(None, 100) is None
     assert correction_for(15, 100) is None  # the search edge is not a measurement
-    assert {"mel", "hubert", "fbank", "audio"} == AUDIO_FIELDS
+    assert {"mel", "hubert", "whisper", "fbank", "audio"} == AUDIO_FIELDS
     # the last corrected window stays inside the stored frames of both kinds of field
     last = c.frames - 5
     assert c.start("mel", last) + 5 <= 100 and c.start("rgb", last) + 5 <= 100

@@ -10,6 +10,7 @@ the store through catalog.reader and runs its jobs through catalog/jobs.py.
     audio.py      SyncNet's audio input: int16-scale MFCC windows
     crops.py      SyncNet's visual input: 224 x 224 BGR crops under named crop protocols
     video.py      a video file as SyncNet input, streamed; lossless crop files
+    reference_io.py syncnet_python's ffmpeg input path in process (JPEG round trip, ffmpeg's audio)
     score.py      the scoring CLI for video files (python -m training.sync.score --help)
     sync_pass.py  the sync pass: a store's utterances scored into catalog columns
                   (python -m training.sync.sync_pass --help)

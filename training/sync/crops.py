@@ -23,7 +23,7 @@ SIZE = 224
 CROP_SCALE = 0.40  # run_pipeline --crop_scale
 BOX_FILTER = 13  # run_pipeline's median filter over the box series
 PAD_VALUE = 110
-PROTOCOLS = ("pipeline", "frame", "none")
+PROTOCOLS = ("pipeline", "frame", "none", "s3fd")  # s3fd: training.sync.s3fd_pipeline
 
 
 def to_syncnet_input(crops_rgb: np.ndarray) -> np.ndarray:

@@ -23,9 +23,17 @@ def plot_stems(videos: Iterable[str]) -> dict[str, str]:
             for v, stem in stems.items()}
 
 
-def plot_name(stem: str, protocol: str, scorer: str) -> str:
-    """The PNG of one video (its `plot_stems` stem), scorer and protocol."""
-    return f"{stem}.{scorer}.{protocol}.png"
+def plot_name(stem: str, protocol: str, scorer: str, io: str = "exact") -> str:
+    """The PNG of one video (its `plot_stems` stem), scorer, protocol and I/O mode (`exact`, the
+    default path, is left out of the name)."""
+    return f"{stem}.{scorer}.{protocol}{'' if io == 'exact' else '.' + io}.png"
+
+
+def edge_note(row: dict) -> str:
+    """'' or the warning for an offset at the search edge: the curve has no minimum inside
+    +-vshift, so the offset and LSE-C say nothing about sync (random weights, silence, a wrong crop)."""
+    vshift = int(row["vshift"])
+    return f"no sync peak in +-{vshift}" if abs(int(row["offset"])) >= vshift else ""
 
 
 def plot_score(row: dict, path: Path | str) -> Path:
@@ -47,6 +55,9 @@ def plot_score(row: dict, path: Path | str) -> Path:
     ax1.plot([row["offset"]], [row["lse_d"]], "o", color="tab:red", ms=8,
              label=f"offset {row['offset']:+d}  (min dist {row['lse_d']:.3f})")
     ax1.axhline(np.median(mean), color="grey", lw=0.8, ls=":", label=f"median (conf {row['lse_c']:.3f})")
+    if edge_note(row):
+        ax1.text(0.5, 0.96, edge_note(row), transform=ax1.transAxes, ha="center", va="top", fontsize=10,
+                 color="tab:red", weight="bold", bbox={"facecolor": "white", "edgecolor": "tab:red"})
     ax1.set_xlabel("offset (frames; audio delayed by d gives -d)")
     ax1.set_ylabel(SCORERS[row["scorer"]].distance_label if row["scorer"] in SCORERS else "mean distance")
     ax1.legend(fontsize=8, loc="best")
@@ -56,8 +67,9 @@ def plot_score(row: dict, path: Path | str) -> Path:
     ax2.set_xlabel("window (start frame)")
     ax2.set_ylabel("framewise confidence (medfilt 9)")
     ax2.grid(alpha=0.3)
-    fig.suptitle(f"{row['video']}   scorer {row['scorer']}   protocol {row['protocol']}   "
-                 f"windows {row['frames_scored']}", fontsize=9)
+    track = f"   track {row['track']}" if "track" in row else ""
+    fig.suptitle(f"{row['video']}{track}   scorer {row['scorer']}   protocol {row['protocol']}   "
+                 f"io {row.get('io', 'exact')}   windows {row['frames_scored']}", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

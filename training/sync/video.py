@@ -9,11 +9,15 @@ then cropping.
 
 Audio follows syncnet_python: 16 kHz mono as int16 values, its own length (not trimmed or padded
 to the video), time zero at the first video frame (or at the start of a separate audio file).
+
+`io` names the input path: `exact` (the default) is the above, lossless and timestamp-exact;
+`reference` is syncnet_python's own path (training/sync/reference_io.py): the stream's own frames
+through ffmpeg's JPEG round trip, taken as 25 fps, and ffmpeg's 16 kHz audio from the file's start.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -46,9 +50,23 @@ def first_video_pts(path: Path | str) -> float:
     raise MediaError(path, "video stream has zero decodable frames")
 
 
+IO_MODES = ("exact", "reference")
+
+
+def check_io(io: str) -> None:
+    if io not in IO_MODES:
+        raise ValueError(f"unknown io mode {io!r}; known: {IO_MODES}")
+
+
 def read_audio_int16(path: Path | str, audio_path: Path | str | None = None,
-                     max_frames: int | None = None) -> np.ndarray:
-    """16 kHz mono int16 audio from the first video frame on, at its own length."""
+                     max_frames: int | None = None, io: str = "exact") -> np.ndarray:
+    """16 kHz mono int16 audio from the first video frame on (io `reference`: from the file's
+    start, as ffmpeg writes it), at its own length."""
+    check_io(io)
+    if io == "reference":
+        from training.sync.reference_io import reference_audio
+
+        return reference_audio(audio_path or path, max_frames)
     if audio_path is None:
         audio, _ = decode_audio(Path(path), start_s=first_video_pts(path))
     else:
@@ -58,32 +76,39 @@ def read_audio_int16(path: Path | str, audio_path: Path | str | None = None,
     return int16_scale(audio)
 
 
-def _stream(path: Path | str, max_frames: int | None) -> VideoStream:
+def _stream(path: Path | str, max_frames: int | None, io: str = "exact") -> Iterable[np.ndarray]:
+    """RGB frames: the 25 fps grid (`exact`) or the reference's JPEG-round-tripped frames."""
+    check_io(io)
+    if io == "reference":
+        from training.sync.reference_io import reference_frames
+
+        return (bgr[..., ::-1] for bgr in reference_frames(path, max_frames=max_frames))
     return VideoStream(path, None, None if max_frames is None else max_frames / FPS)
 
 
-def face_boxes(path: Path | str, max_frames: int | None = None) -> np.ndarray:
+def face_boxes(path: Path | str, max_frames: int | None = None, io: str = "exact") -> np.ndarray:
     """(n, 4) x0 y0 x1 y1 face boxes in frame pixels per grid frame, from our face tracker (the
     extent of its face mesh: forehead to chin, cheek to cheek), tracked in one streaming pass."""
     from features.face import FaceTracker, crop_to_image
 
-    track = FaceTracker().track(_stream(path, max_frames))
+    track = FaceTracker().track(_stream(path, max_frames, io))
     return landmark_boxes(crop_to_image(track.landmarks, track.boxes))
 
 
-def iter_crops(path: Path | str, protocol: str, max_frames: int | None = None) -> Iterator[np.ndarray]:
-    """224 x 224 RGB crops per grid frame under `protocol` (see training.sync.crops)."""
+def iter_crops(path: Path | str, protocol: str, max_frames: int | None = None,
+               io: str = "exact") -> Iterator[np.ndarray]:
+    """224 x 224 RGB crops per frame under `protocol` (see training.sync.crops), frames by `io`."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown crop protocol {protocol!r}; known: {PROTOCOLS}")
     if protocol == "pipeline":
-        boxes = smooth_boxes(face_boxes(path, max_frames))
-        for t, frame in enumerate(_stream(path, max_frames)):
+        boxes = smooth_boxes(face_boxes(path, max_frames, io))
+        for t, frame in enumerate(_stream(path, max_frames, io)):
             yield pipeline_crop(frame, *boxes[min(t, len(boxes) - 1)])
     elif protocol == "frame":
-        for frame in _stream(path, max_frames):
+        for frame in _stream(path, max_frames, io):
             yield frame_crop(frame)
     else:
-        for frame in _stream(path, max_frames):
+        for frame in _stream(path, max_frames, io):
             yield none_crop(frame, str(path))
 
 

@@ -1,0 +1,207 @@
+"""syncnet_python's input path, reproduced in process: what its ffmpeg commands and readers give.
+
+`SyncNetInstance.evaluate` does not read the video itself: it runs
+
+    ffmpeg -y -i VIDEO -threads 1 -f image2 DIR/%06d.jpg            (run_pipeline: -qscale:v 2)
+    ffmpeg -y -i VIDEO -async 1 -ac 1 -vn -acodec pcm_s16le -ar 16000 DIR/audio.wav
+
+and reads the JPEGs back with cv2.imread and the WAV with scipy's wavfile. Both steps change the
+numbers: the JPEG round trip is lossy, the audio starts at the file's start (not at the first video
+frame), and the frames are the stream's own frames treated as 25 fps. This module gives the same
+arrays without a subprocess or files, through the libraries ffmpeg itself uses (PyAV links
+libavcodec, libavfilter, libswscale and libswresample):
+
+- frames: ffmpeg's constant-frame-rate selection for image2 output (`vsync cfr` at the stream's
+  guessed rate, timestamps from the file's start, so a video that starts late repeats its first
+  frame), conversion to yuvj420p by swscale (bicubic, as ffmpeg's auto-inserted scaler), one mjpeg
+  encoder for the whole clip with ffmpeg's defaults (200 kb/s rate control, qmin 2, qmax 31) or a
+  fixed `qscale`, then OpenCV's JPEG decoder (cv2.imdecode, the decoder cv2.imread uses).
+- audio: ffmpeg's audio filter chain for those options, built as a libavfilter graph:
+  `aresample=async=1:first_pts=0` (pad or trim to the file's start), then `aformat` to s16, 16 kHz
+  mono (libswresample's downmix and resampler), as int16 values.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from features.media import MediaError
+
+SAMPLE_RATE = 16000
+DEFAULT_BIT_RATE = 200_000  # libavcodec's default "b", which ffmpeg's image2 output keeps
+
+
+def _open(path: Path | str):
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(path, "file does not exist")
+    try:
+        return av.open(str(path))
+    except Exception as exc:
+        raise MediaError(path, f"unreadable or not a media file ({type(exc).__name__}: {exc})") from exc
+
+
+def _file_start(container) -> Fraction:
+    """The container's start time (s): ffmpeg's input ts_offset is minus this (no -copyts)."""
+    return Fraction(container.start_time or 0, 1_000_000)
+
+
+def cfr_select(frames: Iterable[tuple[float, float, object]], rate: Fraction) -> Iterator[object]:
+    """ffmpeg 5.1's `vsync cfr` (fftools do_video_out) for image2 output at `rate`: `frames` are
+    (time from the file's start in s, duration in s or 0, frame); yields the frames written, in
+    order. A frame behind the output clock by more than 1.1 frames is dropped; a gap of more than
+    1.1 frames is filled, the first part by the previous frame; the first frame of a video that
+    starts after the file's start is repeated up to its own time (there is no previous frame)."""
+    sync = 0  # ost->sync_opts: index of the next output frame
+    last = None
+    for t, dur, frame in frames:
+        ipts = t * float(rate)
+        duration = float(np.rint(dur * float(rate))) if dur and np.rint(dur * float(rate)) > 0 else 1.0
+        delta0 = ipts - sync
+        delta = delta0 + duration
+        if delta0 < 0 < delta:  # clipped to the output clock
+            delta0 = 0.0
+        n, n0 = 1, 0
+        if delta < -1.1:
+            n = 0
+        elif delta > 1.1:
+            n = int(np.rint(delta))
+            if delta0 > 1.1:
+                n0 = int(np.rint(delta0 - 0.6))
+        for i in range(n):
+            yield last if i < min(n0, n) and last is not None else frame
+        sync += n
+        last = frame
+
+
+def _decoded_frames(container, stream) -> Iterator[tuple[float, float, object]]:
+    """(time from the file's start, duration, frame) of each decoded frame."""
+    start = _file_start(container)
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            continue
+        yield (float(frame.pts * frame.time_base - start),
+               float((frame.duration or 0) * frame.time_base), frame)
+
+
+def to_yuvj420p(frame):
+    """A decoded frame as the yuvj420p picture ffmpeg 5.1's swscale gives the mjpeg encoder.
+
+    For yuv420p input (limited range) that is swscale's unscaled-size path: 15-bit intermediates
+    (v << 7), its integer range expansion (lumRangeToJpeg / chrRangeToJpeg), rounding by 64 >> 7.
+    Newer libswscale builds (the one PyAV bundles) round the expansion differently (18% of samples
+    differ by 1), so it is done here in numpy; other formats go through swscale (bicubic)."""
+    import av
+
+    if frame.format.name != "yuv420p":
+        return frame.reformat(format="yuvj420p", interpolation="BICUBIC")
+    h, w = frame.height, frame.width
+    planes = frame.to_ndarray().astype(np.int64)  # (h * 3 / 2, w): Y, then U and V
+    y, uv = planes[:h] << 7, planes[h:] << 7
+    y = (np.minimum(y, 30189) * 19077 - 39057361) >> 14
+    uv = (np.minimum(uv, 30775) * 4663 - 9289992) >> 12
+    out = np.clip((np.concatenate([y, uv]) + 64) >> 7, 0, 255).astype(np.uint8)
+    return av.VideoFrame.from_ndarray(out, format="yuvj420p")
+
+
+def _imdecode(packet) -> np.ndarray:
+    """OpenCV's JPEG decoder, as cv2.imread of the written file (BGR)."""
+    import cv2
+
+    return cv2.imdecode(np.frombuffer(bytes(packet), np.uint8), cv2.IMREAD_COLOR)
+
+
+def reference_frames(path: Path | str, qscale: int | None = None,
+                     max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """BGR uint8 (H, W, 3) frames as `ffmpeg -i path -threads 1 [-qscale:v Q] -f image2 %06d.jpg`
+    and cv2.imread give them (see the module doc); `max_frames` stops after that many."""
+    import av
+
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            raise MediaError(Path(path), "no video stream")
+        stream = container.streams.video[0]
+        rate = Fraction(stream.guessed_rate or 25)
+        enc = av.CodecContext.create("mjpeg", "w")
+        enc.width, enc.height = stream.codec_context.width, stream.codec_context.height
+        enc.pix_fmt = "yuvj420p"
+        enc.time_base, enc.framerate = 1 / rate, rate
+        enc.bit_rate = DEFAULT_BIT_RATE
+        enc.thread_count = 1
+        if qscale is not None:
+            enc.qscale = qscale
+        written = 0
+        for frame in cfr_select(_decoded_frames(container, stream), rate):
+            if max_frames is not None and written >= max_frames:
+                break
+            pic = to_yuvj420p(frame)
+            pic.pts, pic.time_base = written, enc.time_base
+            for packet in enc.encode(pic):
+                yield _imdecode(packet)
+            written += 1
+        for packet in enc.encode(None):
+            yield _imdecode(packet)
+    finally:
+        container.close()
+
+
+def reference_audio(path: Path | str, max_frames: int | None = None) -> np.ndarray:
+    """int16 16 kHz mono audio as `ffmpeg -i path -async 1 -ac 1 -vn -acodec pcm_s16le -ar 16000`
+    and scipy's wavfile.read give it; `max_frames` keeps max_frames * 640 samples."""
+    import av
+    from av.filter import Graph
+
+    container = _open(path)
+    try:
+        if not container.streams.audio:
+            raise MediaError(Path(path), "no audio stream")
+        stream = container.streams.audio[0]
+        start = _file_start(container)
+        graph, src, sink, chunks = None, None, None, []
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            if graph is None:
+                graph = Graph()
+                tb = frame.time_base
+                src = graph.add_abuffer(format=frame.format.name, sample_rate=frame.sample_rate,
+                                        layout=frame.layout.name, time_base=tb)
+                sync = graph.add("aresample", "async=1:first_pts=0")
+                fmt = graph.add("aformat", f"sample_fmts=s16:sample_rates={SAMPLE_RATE}:channel_layouts=mono")
+                sink = graph.add("abuffersink")
+                src.link_to(sync)
+                sync.link_to(fmt)
+                fmt.link_to(sink)
+                graph.configure()
+                offset = int(round(start / tb))  # ffmpeg's ts_offset in the stream's time base
+            frame.pts = frame.pts - offset
+            src.push(frame)
+            chunks += _pull(sink)
+        if graph is None:
+            raise MediaError(Path(path), "audio stream has zero decodable frames")
+        src.push(None)
+        chunks += _pull(sink)
+    finally:
+        container.close()
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    if max_frames is not None:
+        audio = audio[:max_frames * 640]
+    return audio
+
+
+def _pull(sink) -> list[np.ndarray]:
+    import av
+
+    out = []
+    while True:
+        try:
+            frame = sink.pull()
+        except (av.error.BlockingIOError, av.error.EOFError):
+            return out
+        out.append(frame.to_ndarray().reshape(-1).astype(np.int16))

@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--held-out", type=float, default=0.17, help="val and test share of speakers (each)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--preset", default="tiny", help="AV-SyncNet size (training/avsync.py PRESETS)")
-    p.add_argument("--steps", type=int, default=2000, help="training steps per variant")
+    p.add_argument("--steps", type=int, default=1000, help="training steps per variant")
     p.add_argument("--batch-size", type=int, default=64, help="pairs per step")
     p.add_argument("--lip-batch", type=int, default=4, help="whole utterances per step for L_lip")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
@@ -83,7 +83,8 @@ def fit_command(args: argparse.Namespace, store: Path, out: Path, variant: str) 
     return ["--model", "avsync", "--combo", "fbank_lip", "--preset", args.preset, "--store", str(store),
             "--out", str(out), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
             "--lip-batch", str(args.lip_batch), "--lr", str(args.lr), "--eval-every", str(args.eval_every),
-            "--eval-pairs", "1000", "--offset-windows", "400", "--threads", str(args.threads), "--max-minutes", str(args.max_minutes),
+            "--eval-pairs", "1000", "--offset-windows", "400", "--threads", str(args.threads),
+            "--max-minutes", str(args.max_minutes),
             "--workers", "0", "--no-progress", *VARIANTS[variant]]
 
 

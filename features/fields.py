@@ -4,7 +4,7 @@ Extraction is lazy per utterance: `Sources` reads the video in one streaming pas
 face at most once, and only when a requested field needs them (bounded memory: no frame stack). Audio features read the utterance's stored audio
 and parsing / tdmm its stored landmarks when those are already in the store, so adding such a
 field never touches the video (but parsing's person masks, features/segmentation.py, which need
-the frames: parsing decodes and tracks again when the selfie model is available). Fresh audio and landmarks pass through their storage codecs
+the frames: parsing decodes and tracks again; it fails rather than draw the mesh alone). Fresh audio and landmarks pass through their storage codecs
 first, so a field computes the same bytes whether its inputs were stored earlier or not.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from features import hubert as hubert_field
 from features import identity as identity_field
 from features import landmarks as landmarks_field
 from features import landmarks68 as landmarks68_field
+from features import landmarks_fan as landmarks_fan_field
 from features import lip as lip_field
 from features import mel as mel_field
 from features import parsing as parsing_field
@@ -47,10 +48,12 @@ class Options:
     whisper_model: str = whisper_field.DEFAULT_MODEL
     whisper_layer: int | str = -1  # or 'all': every hidden state
     tdmm_model: Path | None = None  # <store>/models/tdmm-<version>.npz once fitted
+    fan_weights: str | None = None  # landmarks68_fan: a local 2D-FAN-4 state dict (never downloaded)
 
 
 # the model fields' options (model, layer): recorded per tar (sidecar provenance) and in store.json
-MODEL_OPTIONS = {"hubert": ("hubert_model", "hubert_layer"), "whisper": ("whisper_model", "whisper_layer")}
+MODEL_OPTIONS = {"hubert": ("hubert_model", "hubert_layer"), "whisper": ("whisper_model", "whisper_layer"),
+                 "landmarks68_fan": ("fan_weights", None)}  # no layer: the layer is recorded as None
 
 
 def model_provenance(name: str, options: Options) -> dict | None:
@@ -58,12 +61,14 @@ def model_provenance(name: str, options: Options) -> dict | None:
     if name not in MODEL_OPTIONS:
         return None
     model, layer = MODEL_OPTIONS[name]
-    return {"model": getattr(options, model), "layer": getattr(options, layer)}
+    return {"model": getattr(options, model), "layer": getattr(options, layer) if layer else None}
 
 
 ALIGNED_FIELDS = tuple(f"aligned{size}" for size in aligned_field.SIZES)  # upright crops by size
 DLIB_FIELDS = {"landmarks68": landmarks68_field.Landmarks68, "identity": identity_field.IdentitySamples}  # dlib models
-FACE_FIELDS = ("rgb", "landmarks", "lip", *ALIGNED_FIELDS, *DLIB_FIELDS)  # fields made from the face track
+FAN_FIELDS = {"landmarks68_fan": lambda options: landmarks_fan_field.FanLandmarks(options.fan_weights)}  # face-alignment
+MODEL_CROP_FIELDS = (*DLIB_FIELDS, *FAN_FIELDS)  # a pretrained model run on the tracked frames
+FACE_FIELDS = ("rgb", "landmarks", "lip", *ALIGNED_FIELDS, *MODEL_CROP_FIELDS)  # fields made from the face track
 TRACKED_INPUTS = ("parsing", "tdmm")  # made from the landmarks, stored or tracked
 
 
@@ -90,7 +95,7 @@ class Sources:
         """Whether the video pass must track the face (else it only reads the timeline)."""
         if "parsing" in self.wanted and segmentation_field.available():  # hair, neck: the frames
             return True
-        if self.wanted & {"rgb", "lip", *ALIGNED_FIELDS, *DLIB_FIELDS}:
+        if self.wanted & {"rgb", "lip", *ALIGNED_FIELDS, *MODEL_CROP_FIELDS}:
             return True
         return "landmarks" not in self.stored and bool(self.wanted & {"landmarks", *TRACKED_INPUTS})
 
@@ -104,12 +109,12 @@ class Sources:
                self._dlib_makers()
 
     def _dlib_makers(self) -> list:
-        """The dlib fields' makers; one whose model cannot load is left out and its field fails
+        """The model fields' makers (dlib, FAN); one whose model cannot load is left out and its field fails
         alone (ModelUnavailable: job level), the tracking pass and the other fields go on."""
         makers = []
-        for name in (n for n in DLIB_FIELDS if n in self.wanted):
+        for name in (n for n in MODEL_CROP_FIELDS if n in self.wanted):
             try:
-                makers.append(DLIB_FIELDS[name]())
+                makers.append(DLIB_FIELDS[name]() if name in DLIB_FIELDS else FAN_FIELDS[name](self.options))
             except ModelUnavailable as exc:
                 self._errors[name] = exc
         return makers
@@ -207,16 +212,20 @@ class Sources:
         tdmm only read them, widening a block at a time."""
         return landmarks_field.view(self.landmarks_bytes)
 
-    def person_masks(self) -> np.ndarray | None:
-        """The tracking pass's person masks (features/segmentation.py), one per landmarks frame; None
-        when the selfie model is unavailable or the pass has none: parsing then draws the mesh alone."""
-        if not segmentation_field.available():  # the landmarks-only path: no video pass for it
-            return None
+    def person_masks(self) -> np.ndarray:
+        """The tracking pass's person masks (features/segmentation.py), one per landmarks frame.
+        Never a silent mesh-only parsing: a selfie model that cannot load fails the job
+        (SegmenterUnavailable), a failed pass or masks that do not fit the landmarks fail this
+        utterance's parsing (PersonMaskError, with the reason)."""
+        segmentation_field.segmenter()
         try:
-            masks = self.face.outputs.get("person")
-        except Exception:  # no usable track: parsing still draws the stored landmarks
-            return None
-        return masks if masks is not None and len(masks) == len(self.landmarks) else None
+            face = self.face
+        except MediaError:
+            raise
+        except Exception as exc:
+            raise segmentation_field.PersonMaskError(f"no person masks: the face pass failed: {exc}",
+                                                     getattr(exc, "stage", "face")) from exc
+        return segmentation_field.fitted(face.outputs.get("person"), face.landmarks, self.landmarks)
 
     def crops(self, name: str) -> bytes:
         """The bytes a crop maker made during the tracking pass (rgb, lip, landmarks68, ...)."""
@@ -272,6 +281,8 @@ FIELDS: dict[str, Field] = {f.name: f for f in [
           lambda s: s.crops("lip"), lip_field.decode),
     Field("landmarks68", "landmarks68.npy", 25, f"{landmarks68_field.VERSION}+{FACE_VERSION}", "model",
           lambda s: s.crops("landmarks68"), landmarks68_field.decode),
+    Field("landmarks68_fan", "landmarks68_fan.npy", 25, f"{landmarks_fan_field.VERSION}+{FACE_VERSION}", "model",
+          lambda s: s.crops("landmarks68_fan"), landmarks68_field.decode),  # opt-in: needs --fan-weights
     Field("identity", "identity.json", 0, f"{identity_field.VERSION}+{FACE_VERSION}", "model",
           lambda s: s.crops("identity"), identity_field.decode),  # rate 0: one member per utterance
     *[Field(name, f"{name}.jpgs", 25, f"{aligned_field.VERSION}+{rgb_field.VERSION}+{FACE_VERSION}", "face",

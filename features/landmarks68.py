@@ -39,9 +39,14 @@ class Landmarks68:
         self.points = np.zeros((0, 68, 2), np.float16)
         self.done = bytearray()
 
+    def source_points(self, frame: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """(68, 2) float32 source-pixel points of one frame (the model's part; the storage is shared
+        with features/landmarks_fan.py)."""
+        return dlib_models.points_of(dlib_models.shape_68(frame, params))
+
     def add(self, t: int, frame: np.ndarray, params: np.ndarray) -> None:
         cx, cy, side = (float(v) for v in params[:3])
-        image = dlib_models.points_of(dlib_models.shape_68(frame, params))
+        image = self.source_points(frame, params)
         crop = (image - np.array([cx - side / 2, cy - side / 2], np.float32)) * np.float32(CROP_SIZE / side)
         if t >= len(self.points):  # doubled: amortised, one array
             grow = max(t + 1, 2 * len(self.points), 256)
@@ -53,7 +58,7 @@ class Landmarks68:
     def result(self) -> bytes | SpilledMember:
         n = len(self.done) - self.done[::-1].find(1) if 1 in self.done else 0
         if self.done[:n].count(0):
-            raise ValueError(f"landmarks68 is missing frames: has {n - self.done[:n].count(0)} of {n}")
+            raise ValueError(f"{self.name} is missing frames: has {n - self.done[:n].count(0)} of {n}")
         return landmarks_field.encode(self.points[:n])
 
 

@@ -9,9 +9,11 @@ Hair, neck, cloth and background come from a person mask (features/segmentation.
 selfie segmentation, run on the frames during the tracking pass) under the mesh regions: outside
 the person is background (0); a person pixel outside the face oval is hair (17) above the line
 through the cheek extremes (234, 454) and at the sides down to the chin, neck (14) below that
-line within the jaw's width (172 .. 397), cloth (18) below the chin outside it. Without a mask
-(`person=None`: the selfie model unavailable) the map is the mesh alone, everything outside the
-face background, as version mesh-geometry-1 was.
+line within the jaw's width (172 .. 397), cloth (18) below the chin outside it. The field always
+has the mask: `parse` / `encode` require it, and a selfie model that cannot load fails the field
+(features/segmentation.py SegmenterUnavailable) rather than store a mesh-only map under this
+version. `parse_frame(person=None)` still draws the mesh alone (mesh-geometry-1's map), for
+inspection and tests.
 """
 from __future__ import annotations
 
@@ -81,18 +83,18 @@ def parse_frame(landmarks: np.ndarray, size: int = SIZE, person: np.ndarray | No
     return labels
 
 
-def parse(landmarks: np.ndarray, person: np.ndarray | None = None) -> np.ndarray:
+def parse(landmarks: np.ndarray, person: np.ndarray) -> np.ndarray:
     """(n, 96, 96) uint8 label maps for (n, 478, 3) landmarks (and (n, 96, 96) person masks)."""
     out = np.zeros((len(landmarks), SIZE, SIZE), np.uint8)
     for i, (labels, frame) in enumerate(zip(out, landmarks)):
-        labels[:] = parse_frame(frame, person=None if person is None else person[i])
+        labels[:] = parse_frame(frame, person=person[i])
     return out
 
 
 BLOCK = 1024  # frames parsed and compressed at a time (9 MB of label maps)
 
 
-def encode(landmarks: np.ndarray, person: np.ndarray | None = None) -> bytes:
+def encode(landmarks: np.ndarray, person: np.ndarray) -> bytes:
     """Label maps compress ~20x; gzip with mtime 0 keeps the bytes reproducible.
 
     The .npy is parsed and compressed BLOCK frames at a time, never whole (30 minutes of maps
@@ -102,8 +104,7 @@ def encode(landmarks: np.ndarray, person: np.ndarray | None = None) -> bytes:
     gz = zlib.compressobj(6, zlib.DEFLATED, 31)  # what gzip.compress(mtime=0) runs: a gzip stream
     out = [gz.compress(npy_header((n, SIZE, SIZE), np.uint8))]
     for a in range(0, n, BLOCK):
-        block = None if person is None else person[a:a + BLOCK]
-        out.append(gz.compress(parse(landmarks[a:a + BLOCK], block).tobytes()))
+        out.append(gz.compress(parse(landmarks[a:a + BLOCK], person[a:a + BLOCK]).tobytes()))
     out.append(gz.flush())
     return b"".join(out)
 

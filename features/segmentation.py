@@ -14,9 +14,11 @@ streams through a clip, as rgb's FaceCrops: only a bit-packed mask (1.2 kB) is k
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
+from features.errors import ModelUnavailable
 from features.face import CROP_SIZE, Geometry, square_warp
 
 VERSION = "selfie-general-1"
@@ -25,20 +27,45 @@ INPUT = 256  # the general model's input side
 THRESHOLD = 0.5  # person probability above which a pixel is the person's
 
 
+class SegmenterUnavailable(ModelUnavailable):
+    """The selfie model cannot load: parsing (mesh-selfie-2) fails for the whole job, as HuBERT
+    without weights does, rather than storing a mesh-only map under its version."""
+
+
+class PersonMaskError(RuntimeError):
+    """An utterance's person masks are missing or do not fit its landmarks: its parsing fails."""
+
+    def __init__(self, reason: str, stage: str = "face"):
+        super().__init__(reason)
+        self.reason, self.stage = reason, stage
+
+
 @lru_cache(maxsize=1)
-def segmenter():
-    """The selfie segmenter (legacy MediaPipe solution, general model), once per process; None
-    when mediapipe or its packaged model cannot be used (parsing then falls back to the mesh)."""
+def load() -> tuple[Any, str]:
+    """(the selfie segmenter, "") or (None, why it cannot load); tried once per process."""
     try:
         import mediapipe as mp
 
-        return mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
-    except Exception:  # no mediapipe, no packaged model: the landmarks-only path
-        return None
+        return mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0), ""
+    except Exception as exc:  # no mediapipe, no packaged model: reported by segmenter()
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def segmenter():
+    """The selfie segmenter (legacy MediaPipe solution, general model); SegmenterUnavailable
+    (job level) when it cannot load: there is no silent landmarks-only parsing."""
+    seg, reason = load()
+    if seg is None:
+        raise SegmenterUnavailable(
+            f"MediaPipe selfie segmentation cannot load ({reason}); the parsing field needs it for "
+            f"hair, neck and background. Its model ships in the mediapipe wheel "
+            f"(mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite): reinstall it with "
+            f"pip install -c constraints.txt mediapipe")
+    return seg
 
 
 def available() -> bool:
-    return segmenter() is not None
+    return load()[0] is not None
 
 
 def person_mask(frame: np.ndarray, cx: float, cy: float, side: float) -> np.ndarray:
@@ -70,3 +97,25 @@ class PersonMasks:
             return np.zeros((0, CROP_SIZE, CROP_SIZE), bool)
         packed = np.stack([self.bits[t] for t in range(n)])
         return np.unpackbits(packed, axis=1, count=CROP_SIZE * CROP_SIZE).astype(bool).reshape(n, CROP_SIZE, CROP_SIZE)
+
+
+MAX_DRIFT = 1.0  # crop pixels: a re-track farther than this from the stored landmarks is refused
+
+
+def fitted(masks: np.ndarray | None, tracked: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The masks, checked to lie in the frame of the landmarks parsing draws them under: one per
+    frame, from a track (`tracked`: its landmarks) that agrees with `landmarks` (stored ones, when
+    parsing is added to a store: the masks come from a fresh pass). Else PersonMaskError."""
+    if masks is None:
+        raise PersonMaskError("the tracking pass made no person masks")
+    if len(masks) != len(landmarks) or len(tracked) != len(landmarks):
+        raise PersonMaskError(f"{len(masks)} person masks from a {len(tracked)}-frame track for "
+                              f"{len(landmarks)} landmark frames", "feature")
+    drift = max((float(np.abs(tracked[a:a + 1024, :, :2].astype(np.float32)
+                              - landmarks[a:a + 1024, :, :2].astype(np.float32)).max())
+                 for a in range(0, len(landmarks), 1024)), default=0.0)
+    if drift > MAX_DRIFT:
+        raise PersonMaskError(f"the re-tracked face lies {drift:.2f} px from the stored landmarks "
+                              f"(at most {MAX_DRIFT}): its person masks would not fit them; "
+                              f"re-extract landmarks with --overwrite or use a fresh store", "feature")
+    return masks

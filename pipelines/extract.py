@@ -77,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--whisper-layer", type=whisper_field.parse_layer, default=-1,
                    help="hidden state to store (-1: the last; 0: the embedding; k: after block k) or "
                         "'all': every one, stacked (MuseTalk's input)")
+    p.add_argument("--fan-weights", type=Path, default=None,
+                   help="landmarks68_fan: a local face-alignment 2D-FAN-4 weights file "
+                        "(2DFAN4-11f355bf06.pth.tar; never downloaded); 'all' includes the field only with it")
     add_runner_options(p, "concurrent shard tasks (default: every CPU Ray offers)")
     p.add_argument("--shard-minutes", type=float, default=DEFAULT_SHARD_MINUTES,
                    help="minutes of video per new shard (catalog/plan.py: durations when known, else "
@@ -193,7 +196,8 @@ def extract_fields(runner: Runner, store: Path, args: argparse.Namespace, plan: 
     from pipelines.shard_failures import write_failed_shard
 
     options = Options(hubert_model=hubert_model(args), hubert_layer=args.hubert_layer,
-                      whisper_model=args.whisper_model, whisper_layer=args.whisper_layer)
+                      whisper_model=args.whisper_model, whisper_layer=args.whisper_layer,
+                      fan_weights=str(args.fan_weights.resolve()) if args.fan_weights else None)
     has_gpu = runner.has_gpu(len(shards_of(plan)))  # a local worker: every field in one phase
     on_gpu = [f for f in fields if f in FIELDS and FIELDS[f].gpu and has_gpu]
     first = [f for f in fields if f != "tdmm" and f not in on_gpu]
@@ -279,6 +283,7 @@ def store_lock_checked(args: argparse.Namespace, store: Path):
         args.fields = resolve(wanted)
         if wanted in ([], ["all"]):  # every field, the aligned crops at --crop-size only
             args.fields = [f for f in args.fields if f not in ALIGNED_FIELDS or f == f"aligned{args.crop_size}"]
+            args.fields = [f for f in args.fields if f != "landmarks68_fan" or args.fan_weights]  # opt-in
         if not args.ray_timeout > 0:
             raise ValueError(f"--ray-timeout must be positive, got {args.ray_timeout}")
     job.check_store(store)

@@ -1,14 +1,18 @@
 """Parsing with hair, neck and background: MediaPipe's selfie segmentation (packaged in the
-mediapipe wheel, real weights) under the mesh regions, on a real clip; and the landmarks-only
-path when no person mask is available."""
+mediapipe wheel, real weights) under the mesh regions, on a real clip; and never a silent
+mesh-only map: a failed face pass or masks that do not fit the landmarks fail the utterance's
+parsing (an unloadable segmenter, the job's: tests/test_representations.py, with adding parsing
+to a store)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from features import landmarks as landmarks_field
 from features import parsing, segmentation
 from features.face import FaceTracker
 from features.fields import FIELDS, Sources
+from tests.conftest import noise_frames, write_video
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +50,29 @@ def test_hair_above_the_face_neck_below_and_background_outside_the_person(clip):
 
 def test_without_a_person_mask_the_mesh_alone_is_drawn(clip):
     labels, lm = clip["labels"], clip["landmarks"]
-    alone = parsing.parse(lm[:10])
+    alone = np.stack([parsing.parse_frame(f) for f in lm[:10]])
     assert not np.isin(alone, [parsing.HAIR, parsing.NECK, parsing.CLOTH]).any()
     face = alone > parsing.BACKGROUND  # the mesh's regions are the same either way
     assert np.array_equal(alone[face], labels[:10][face])
     assert parsing.VERSION == "mesh-selfie-2"
+
+
+def test_a_failed_face_pass_is_a_parsing_error_with_its_reason(clip, tmp_path):
+    video = tmp_path / "noise.mp4"
+    write_video(video, noise_frames(12, size=96))
+    stored = {"landmarks": landmarks_field.encode(np.asarray(clip["landmarks"][:12], np.float16))}
+    s = Sources({"utt_id": "noise", "video_path": str(video)}, FaceTracker, stored, wanted=["parsing"])
+    with pytest.raises(segmentation.PersonMaskError) as err:
+        FIELDS["parsing"].extract(s)
+    assert "the face pass failed" in str(err.value) and err.value.stage == "face"
+
+
+def test_masks_that_do_not_fit_the_landmarks_are_refused(clip):
+    lm, person = clip["landmarks"].astype(np.float16), clip["person"]
+    assert segmentation.fitted(person, lm, lm) is person
+    with pytest.raises(segmentation.PersonMaskError, match="person masks"):
+        segmentation.fitted(person[:-3], lm, lm)  # a count that differs from the landmarks
+    with pytest.raises(segmentation.PersonMaskError, match="px from the stored landmarks"):
+        segmentation.fitted(person, lm, lm + np.float16(3))  # stored landmarks of another track
+    with pytest.raises(segmentation.PersonMaskError, match="no person masks"):
+        segmentation.fitted(None, lm, lm)

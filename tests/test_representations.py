@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,64 @@ def synth_store(tmp_path_factory) -> tuple[Path, Path]:
     return root, store
 
 
+@pytest.fixture(scope="module")
+def synth_parsing(synth_store, tmp_path_factory) -> tuple[Path, Path, dict[str, str], dict[str, bytes]]:
+    """One synthetic clip per speaker (3 of the 9) in its own store: landmarks, parsing and meta in
+    one pass, then parsing redone from the stored landmarks (the video tracked again for its
+    selfie masks, ~10 ms a frame: adding parsing to all 9 clips cost ~20-40 s). Returns the root,
+    the store, the tar hashes and the one-pass parsing members before the redo."""
+    root, _ = synth_store
+    sub = tmp_path_factory.mktemp("synth_three")
+    for speaker in sorted(p for p in root.iterdir() if p.is_dir()):
+        first = sorted(speaker.glob("*.mp4"))[0]
+        (sub / speaker.name).mkdir()
+        for f in speaker.glob(f"{first.stem}.*"):
+            (sub / speaker.name / f.name).symlink_to(f)
+    store = tmp_path_factory.mktemp("synth_parsing_store")
+    run_extract("folder", sub, store, "--fields", "landmarks", "parsing", "meta")
+    before = sha_all(store)
+    one_pass = {r["utt_id"]: read_members(store, r, ["parsing"])["parsing"][1] for r in ok_rows(store)}
+    run_extract("folder", sub, store, "--fields", "parsing", "--overwrite")  # from the stored landmarks
+    return sub, store, before, one_pass
+
+
+def test_parsing_from_stored_landmarks_tracks_again_and_stores_the_one_pass_bytes(synth_parsing):
+    _, store, before, one_pass = synth_parsing
+    after = sha_all(store)
+    assert after.keys() == before.keys()
+    assert {k: after[k] for k in before if k.split("/")[2] != "parsing"} == \
+           {k: v for k, v in before.items() if k.split("/")[2] != "parsing"}  # nothing else rewritten
+    rows = ok_rows(store)
+    assert len(rows) == 3 and all(r["field_parsing"] == "ok" for r in rows), rows
+    for row in rows:  # the re-track's masks fit the stored landmarks: the same bytes as one pass
+        name, data = read_members(store, row, ["parsing"])["parsing"]
+        assert name.endswith(FIELDS["parsing"].ext) and data == one_pass[row["utt_id"]], row["utt_id"]
+    assert json.loads((store / "store.json").read_text())["fields"]["parsing"]["version"] == parsing.VERSION
+
+
+def test_a_segmenter_that_cannot_load_fails_parsing_for_the_job_and_stores_no_map(synth_parsing, tmp_path,
+                                                                                  monkeypatch):
+    from catalog.plan import read_plan, shards_of
+    from features import segmentation
+    from pipelines.worker import extract_shard
+
+    store = tmp_path / "store"
+    shutil.copytree(synth_parsing[1], store, symlinks=True)
+    monkeypatch.setattr(segmentation, "load", lambda: (None, "ModuleNotFoundError: no module named 'mediapipe'"))
+    (shard_id, rows), = shards_of(read_plan(store)).items()
+    result = extract_shard(str(store), "folder", shard_id, rows, ["parsing"], overwrite=True)
+    assert "mediapipe" in result["unavailable"]["parsing"]
+    for row in rows:  # an error member for each, none a mesh-only map under mesh-selfie-2
+        (name, data), = read_members(store, row, ["parsing"]).values()
+        error = json.loads(data)
+        assert name.endswith("error.json") and error["job_level"] and error["stage"] == "model", error
+        assert "selfie segmentation cannot load" in error["reason"]
+
+
+def ok_rows(store: Path) -> list[dict]:
+    return [r for r in pq.read_table(table_path(store, "utterances")).to_pylist() if r["status"] == "ok"]
+
+
 def truth(root: Path, row: dict) -> np.ndarray:
     return np.array(json.loads((root / f"{row['utt_id']}.json").read_text())["mouth_open"])
 
@@ -135,11 +194,11 @@ def sha_all(store: Path) -> dict[str, str]:
 def test_adding_fields_rewrites_nothing_else_and_loader_sees_them(synth_store):
     root, store = synth_store
     before = sha_all(store)
-    run_extract("folder", root, store, "--fields", "parsing", "tdmm", "fbank")
+    run_extract("folder", root, store, "--fields", "tdmm", "fbank")  # parsing: see synth_parsing
     after = sha_all(store)
     assert {k: after[k] for k in before} == before
     new = {k for k in after if k not in before}
-    assert {k.split("/")[2] for k in new} == {"parsing", "tdmm", "fbank"}
+    assert {k.split("/")[2] for k in new} == {"tdmm", "fbank"}
     from training.data import load_utterances
     utts = load_utterances(store, ["mel", "tdmm"], ["train", "val", "test"])
     assert len(utts) == 9 and all(u.data["tdmm"].shape[1] == 71 for u in utts)
@@ -148,17 +207,21 @@ def test_adding_fields_rewrites_nothing_else_and_loader_sees_them(synth_store):
     assert report["heldout_mean_error_share_of_iod"] < 0.02
 
 
-def test_parsing_mouth_area_and_tdmm_expression_follow_the_truth(synth_store):
+def test_parsing_mouth_area_and_tdmm_expression_follow_the_truth(synth_store, synth_parsing):
     root, store = synth_store
-    rows = [r for r in pq.read_table(table_path(store, "utterances")).to_pylist() if r["status"] == "ok"]
-    area_corr, expr = [], []
-    for row in rows:
-        d = decoded(store, row, ["parsing", "tdmm"])
-        gt = truth(root, row)[: row["n_frames"]]
-        area = (d["parsing"] == parsing.MOUTH).sum((1, 2)) + 0.0
+    sub, parsing_store = synth_parsing[:2]
+    area_corr = []
+    for row in ok_rows(parsing_store):
+        labels = decoded(parsing_store, row, ["parsing"])["parsing"]
+        gt = truth(sub, row)[: row["n_frames"]]
+        area = (labels == parsing.MOUTH).sum((1, 2)) + 0.0
         area_corr.append(np.corrcoef(area[: len(gt)], gt)[0, 1])
-        expr.append((d["tdmm"][: len(gt), 7:].astype(np.float64), gt))
-    assert np.mean(area_corr) >= 0.8, area_corr
+    assert len(area_corr) == 3 and np.mean(area_corr) >= 0.8, area_corr
+    rows = ok_rows(store)
+    expr = []
+    for row in rows:
+        gt = truth(root, row)[: row["n_frames"]]
+        expr.append((decoded(store, row, ["tdmm"])["tdmm"][: len(gt), 7:].astype(np.float64), gt))
     # a linear read-out of the expression coefficients, fitted on some utterances, tested on others
     fit_x = np.concatenate([x for x, _ in expr[::2]])
     fit_y = np.concatenate([y for _, y in expr[::2]])

@@ -93,3 +93,22 @@ def test_random_s3fd_finds_stable_boxes_on_a_real_clip():
     assert all(d[:, 4].min() > P.CONF_TH for d in dets)
     assert all(P.iou(a[0, :4], b[0, :4]) > P.IOU_THRES for a, b in zip(dets, dets[1:]))  # trackable
     assert dets[0][0, 2] - dets[0][0, 0] > P.MIN_FACE_SIZE
+
+
+def test_cli_takes_crop_s3fd_with_local_weights():
+    from training.sync.score import build_parser, scorer_config
+
+    args = build_parser().parse_args(["clips/", "--crop", "s3fd", "--io", "reference", "--s3fd-weights", "s3fd.pth"])
+    config = scorer_config(args)
+    assert args.crop == ["s3fd"] and config["s3fd_weights"].endswith("s3fd.pth")
+
+
+def test_cli_fails_fast_without_s3fd_weights(tmp_path, capsys):
+    from training.sync.score import main
+
+    (tmp_path / "a.mp4").write_bytes(b"")
+    from training.sync.syncnet import save_random_weights
+
+    w = save_random_weights(tmp_path / "S.model")
+    assert main([str(tmp_path), "--syncnet-weights", str(w), "--crop", "s3fd"]) != 0
+    assert "s3fd-weights" in capsys.readouterr().err

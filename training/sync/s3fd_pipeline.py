@@ -19,6 +19,12 @@ The reference scores every face *track*, not every video. Its rules, all reprodu
    crop_scale 0.4 padding and 224 resize (training.sync.crops.pipeline_crop);
 7. each track's audio is `[first / 25 s, (last + 1) / 25 s)` of the clip's 16 kHz audio.
 
+With `--io reference` the lossy steps in between are reproduced in process too: the track's crops
+go through cv2.VideoWriter XVID and the default-quality JPEG dump (xvid_round_trip), the audio
+through the re-encode's MP3 (reencoded_audio). Not reproduced: the re-encode's mpeg4 `-qscale:v 2`
+video pass before the JPEG dump (we dump JPEGs from the source itself, at the source's frame rate:
+sources not at 25 fps differ), so boxes differ by a fraction of a pixel.
+
 The detector is face-alignment's `s3fd` module and weight layout (`face_alignment.detection.sfd`),
 loaded from a local file. face-alignment's own `batch_detect` differs from the reference's bundled
 S3FD in four ways, so we do not call it: (a) its fc6 is a 3 x 3 conv with padding 3, the reference's
@@ -366,6 +372,26 @@ def track_crops(frames: Iterable[np.ndarray], tracks: list[Track]) -> list[np.nd
     return out
 
 
+def xvid_round_trip(crops_rgb: np.ndarray, fps: int = 25) -> list[np.ndarray]:
+    """`--io reference`: the track's crops as run_syncnet sees them: crop_video writes them with
+    cv2.VideoWriter (XVID, OpenCV's libavcodec mpeg4 at its default quality), and evaluate dumps
+    that file to default-quality JPEGs (training.sync.reference_io). One small temporary .avi per
+    track (no frame files), removed at once."""
+    import tempfile
+
+    import cv2
+
+    from training.sync.reference_io import reference_frames
+
+    with tempfile.TemporaryDirectory(prefix="s3fd_track_") as tmp:
+        path = str(Path(tmp) / "track.avi")
+        out = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"XVID"), fps, crops_rgb.shape[2:0:-1])
+        for crop in crops_rgb:
+            out.write(np.ascontiguousarray(crop[..., ::-1]))
+        out.release()
+        return [np.ascontiguousarray(f[..., ::-1]) for f in reference_frames(path)]
+
+
 def track_audio(audio: np.ndarray, track: Track, fps: int = 25, rate: int = 16000) -> np.ndarray:
     """The track's audio as crop_video cuts it: `ffmpeg -ss first/25 -to (last+1)/25` on the WAV."""
     return audio[int(round(track.start / fps * rate)):int(round(track.end / fps * rate))]
@@ -421,15 +447,85 @@ def score_s3fd_tracks(scorer, video: str, max_frames: int | None, io: str, weigh
                       batch_size: int = 16) -> list[tuple[dict, object]]:
     """`--crop s3fd`: (track facts, SyncScore) per run_pipeline track of `video`, as run_syncnet
     scores every track; no tracks gives an empty list (the reference then writes nothing)."""
+    from training.sync.audio import int16_scale
     from training.sync.video import read_audio_int16
 
     device = str(getattr(scorer, "device", "cpu"))
     net = cached_detector(weights, device)
     tracks, _, _ = find_tracks(net, reference_frames_rgb(video, io, max_frames), batch_size, device)
     crops = track_crops(reference_frames_rgb(video, io, max_frames), tracks)
-    audio = read_audio_int16(video, None, max_frames, io=io)
+    if io == "reference":
+        audio = int16_scale(reencoded_audio(video))
+        audio = audio if max_frames is None else audio[:max_frames * 640]
+    else:
+        audio = read_audio_int16(video, None, max_frames, io=io)
     out = []
     for k, (t, c) in enumerate(zip(tracks, crops)):
-        s = scorer.score_arrays(iter(c), track_audio(audio, t))
+        frames = xvid_round_trip(c) if io == "reference" else c
+        s = scorer.score_arrays(iter(frames), track_audio(audio, t))
         out.append(({"track": k, "track_start": t.start, "track_frames": len(t.frames)}, s))
     return out
+
+
+def reencoded_audio(path: Path | str) -> np.ndarray:
+    """`--io reference`: the int16 16 kHz mono audio run_pipeline cuts tracks from. Its
+    `ffmpeg -i VIDEO -qscale:v 2 -async 1 -r 25 video.avi` re-encodes the audio with libmp3lame
+    (avi's default audio codec, lame's default rate control) after `aresample=async=1:first_pts=0`,
+    and `audio.wav` is that MP3 decoded from the avi (no gapless trimming in avi: the encoder's
+    delay stays). Built in process with PyAV into one temporary audio-only .avi, removed at once."""
+    import tempfile
+
+    import av
+    from av.filter import Graph
+
+    from training.sync.reference_io import _file_start, _open, _pull, reference_audio
+
+    with tempfile.TemporaryDirectory(prefix="s3fd_audio_") as tmp:
+        target = str(Path(tmp) / "audio.avi")
+        src_c = _open(path)
+        try:
+            stream = src_c.streams.audio[0]
+            with av.open(target, "w") as out:
+                enc = out.add_stream("libmp3lame", rate=stream.rate, layout=stream.layout.name)
+                graph = Graph()
+                src = graph.add_abuffer(format=stream.format.name, sample_rate=stream.rate,
+                                        layout=stream.layout.name, time_base=stream.time_base)
+                sync = graph.add("aresample", "async=1:first_pts=0")
+                fmt = graph.add("aformat", f"sample_fmts={enc.format.name}")
+                sink = graph.add("abuffersink")
+                src.link_to(sync)
+                sync.link_to(fmt)
+                fmt.link_to(sink)
+                graph.configure()
+                offset = int(round(_file_start(src_c) / stream.time_base))
+
+                def flush(frames):
+                    for f in frames:
+                        f.pts = None
+                        for p in enc.encode(f):
+                            out.mux(p)
+
+                for frame in src_c.decode(stream):
+                    if frame.pts is None:
+                        continue
+                    frame.pts -= offset
+                    src.push(frame)
+                    flush(_pull_frames(sink))
+                src.push(None)
+                flush(_pull_frames(sink))
+                for p in enc.encode(None):
+                    out.mux(p)
+        finally:
+            src_c.close()
+        return reference_audio(target)
+
+
+def _pull_frames(sink) -> list:
+    import av
+
+    out = []
+    while True:
+        try:
+            out.append(sink.pull())
+        except (av.error.BlockingIOError, av.error.EOFError):
+            return out

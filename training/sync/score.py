@@ -316,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.ray_timeout > 0:
             raise ValueError(f"--ray-timeout must be positive, got {args.ray_timeout}")
         get_scorer(config)  # fail fast on missing weights / checkpoint, before any Ray start
+        if "s3fd" in args.crop:  # and on the S3FD file (ModelUnavailable is a RuntimeError)
+            from training.sync.s3fd_pipeline import cached_detector
+
+            cached_detector(config["s3fd_weights"])
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -35,20 +35,20 @@ def test_score_cli_on_synthetic_clips(tmp_path, weights, capsys):
                             max_seconds=1.8, seed=3, progress=False)
     (tmp_path / "clips" / "broken.mp4").write_text("not a video")
     out, plots, crops = tmp_path / "out", tmp_path / "plots", tmp_path / "crops"
-    rc = run([tmp_path / "clips", "--syncnet-weights", weights, "--crop", "pipeline",
+    rc = run([tmp_path / "clips", "--syncnet-weights", weights, "--crop", "mesh",
               "--max-seconds", "1.2", "--out", out, "--plots", plots, "--save-crops", crops])
     assert rc == 1  # the broken file fails; the others are scored
     rows = read_csv(out / "scores.csv")
-    assert [(r["protocol"], bool(r["error"])) for r in rows] == [("pipeline", True), ("pipeline", False)]
+    assert [(r["protocol"], bool(r["error"])) for r in rows] == [("mesh", True), ("mesh", False)]
     ok = [r for r in rows if not r["error"]]
     assert all(r["scorer"] == "syncnet" and r["scorer_version"].startswith("syncnet_python-v2+") for r in ok)
     assert all(int(r["frames_scored"]) == 25 for r in ok)  # 30 frames -> 25 windows (min_length - 5)
     assert "broken.mp4" in rows[0]["video"] and rows[0]["error"]
     report = json.loads((out / "scores.json").read_text())
-    assert [(m["protocol"], m["videos"], m["scored"]) for m in report["means"]] == [("pipeline", 2, 1)]
+    assert [(m["protocol"], m["videos"], m["scored"]) for m in report["means"]] == [("mesh", 2, 1)]
     scored = [r for r in report["rows"] if not r["error"]]
     assert all(len(r["mean_dist"]) == 31 and len(r["framewise_confidence"]) == 25 for r in scored)
-    assert [q.name for q in plots.glob("*.png")] == [f"{clips[0].stem}.syncnet.pipeline.png"]  # the stem, no path
+    assert [q.name for q in plots.glob("*.png")] == [f"{clips[0].stem}.syncnet.mesh.png"]  # the stem, no path
     assert "LSE-D" in capsys.readouterr().out
     # the saved pipeline crops score to the same figures under protocol `none`
     [saved] = list(crops.glob("*.mkv"))
@@ -83,12 +83,12 @@ def test_score_cli_errors(tmp_path, weights, capsys):
 def test_real_clips_in_all_three_protocols(real_corpus, tmp_path, weights):
     clip = real_corpus / "spk05" / "a.mp4"
     out, crops = tmp_path / "out", tmp_path / "crops"
-    assert run([clip, "--syncnet-weights", weights, "--crop", "pipeline", "frame", "none",
+    assert run([clip, "--syncnet-weights", weights, "--crop", "mesh", "frame", "none",
                 "--max-seconds", "1.0", "--out", out, "--save-crops", crops, "--plots", tmp_path / "p"]) == 1
     rows = {r["protocol"]: r for r in read_csv(out / "scores.csv")}
-    assert not rows["pipeline"]["error"] and not rows["frame"]["error"]
+    assert not rows["mesh"]["error"] and not rows["frame"]["error"]
     assert "needs 224 x 224 frames" in rows["none"]["error"]  # a 524 px clip is not a crop
     assert int(rows["frame"]["frames_scored"]) == 20
     assert run([crops, "--syncnet-weights", weights, "--crop", "none", "--out", tmp_path / "none"]) == 0
     [none] = read_csv(tmp_path / "none" / "scores.csv")
-    assert none["lse_d"] == rows["pipeline"]["lse_d"] and none["offset"] == rows["pipeline"]["offset"]
+    assert none["lse_d"] == rows["mesh"]["lse_d"] and none["offset"] == rows["mesh"]["offset"]

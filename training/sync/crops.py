@@ -4,7 +4,7 @@ syncnet_python reads frames with OpenCV, so its network sees **BGR** channel ord
 0-255 with no normalisation. Published LSE numbers differ mostly by how the 224 x 224 crop was made,
 so every score names its protocol:
 
-- `pipeline`: run_pipeline.py's crop around a face track. Per frame the face box gives a half size
+- `mesh`: run_pipeline.py's crop around a face track. Per frame the face box gives a half size
   s = max(w, h) / 2 and a centre (x, y); the three series are median-filtered (kernel 13, zero
   padded at the ends as scipy's medfilt does); the frame is padded by int(s (1 + 2 * 0.4)) pixels of
   value 110 and the crop is rows [y - s, y + s (1 + 2 * 0.4)), columns [x - s (1 + 0.4),
@@ -23,7 +23,7 @@ SIZE = 224
 CROP_SCALE = 0.40  # run_pipeline --crop_scale
 BOX_FILTER = 13  # run_pipeline's median filter over the box series
 PAD_VALUE = 110
-PROTOCOLS = ("pipeline", "frame", "none", "s3fd")  # s3fd: training.sync.s3fd_pipeline
+PROTOCOLS = ("mesh", "frame", "none", "s3fd")  # s3fd: training.sync.s3fd_pipeline
 
 
 def to_syncnet_input(crops_rgb: np.ndarray) -> np.ndarray:
@@ -45,7 +45,7 @@ def none_crop(frame: np.ndarray, source: str = "<video>") -> np.ndarray:
     """`none` protocol: the frame must already be 224 x 224."""
     if frame.shape[:2] != (SIZE, SIZE):
         raise ValueError(f"{source}: crop protocol 'none' needs 224 x 224 frames, got "
-                         f"{frame.shape[1]} x {frame.shape[0]} (use --crop frame or pipeline)")
+                         f"{frame.shape[1]} x {frame.shape[0]} (use --crop frame or mesh)")
     return frame
 
 
@@ -64,7 +64,7 @@ def smooth_boxes(boxes: np.ndarray) -> np.ndarray:
 
 def pipeline_crop(frame: np.ndarray, x: float, y: float, s: float,
                   crop_scale: float = CROP_SCALE) -> np.ndarray:
-    """`pipeline` protocol for one frame, given its smoothed box centre (x, y) and half size s."""
+    """`mesh` protocol for one frame, given its smoothed box centre (x, y) and half size s."""
     import cv2
 
     bsi = int(s * (1 + 2 * crop_scale))  # padding on every side

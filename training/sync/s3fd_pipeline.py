@@ -244,7 +244,7 @@ class ShotSplitter:
         self.fps, self.n, self.cuts = fps, 0, []
 
     def add(self, frame_rgb: np.ndarray) -> None:
-        from scenedetect.frame_timecode import FrameTimecode
+        from scenedetect import FrameTimecode
 
         f = downscale_factor(frame_rgb.shape[1])
         bgr = np.ascontiguousarray(frame_rgb[::f, ::f, ::-1])

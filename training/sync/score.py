@@ -2,13 +2,13 @@
 
     python -m training.sync.score outputs/ --scorer syncnet --syncnet-weights syncnet_v2.model --crop frame
     python -m training.sync.score a.mp4 b.mp4 --scorer unisync --checkpoint runs/mel_landmarks/best.pt
-    python -m training.sync.score clips/ --scorer syncnet --syncnet-weights W --crop pipeline frame none \
+    python -m training.sync.score clips/ --scorer syncnet --syncnet-weights W --crop mesh frame none \
         --out scores/ --plots scores/plots
 
 Scorers, their weight options and protocols come from the registry (training/sync/scorers.py).
 
 Every row names its scorer (id and version: the weights' or checkpoint's sha256 prefix) and its
-crop protocol (`pipeline`: our face track padded as run_pipeline; `frame`: whole frame to 224, as
+crop protocol (`mesh`: our face-mesh track padded as run_pipeline; `frame`: whole frame to 224, as
 Wav2Lip's LRS script; `none`: already 224 x 224 crops). Offsets follow syncnet_python's print:
 audio delayed by d frames gives offset -d. LSE-D = min over offsets of the mean distance, LSE-C =
 median minus min; for a UniSync checkpoint the distance is 1 - p_sync (same rules, its own scale).
@@ -19,7 +19,7 @@ syncnet_python's own path reproduced in process (training/sync/reference_io.py: 
 trip of the stream's own frames taken as 25 fps, ffmpeg's 16 kHz audio from the file's start), for
 numbers comparable with figures produced by its scripts (syncnet scorer only).
 
-Writes <out>/scores.csv (one row per face track, video and protocol; --crop none/frame/pipeline
+Writes <out>/scores.csv (one row per face track, video and protocol; --crop none/frame/mesh/s3fd
 score one track per video), <out>/videos.csv (per video: the mean over its tracks, and LatentSync's
 eval_sync_conf rule: confidence averaged over tracks longer than 50 frames, offset int(mean)) and
 <out>/scores.json (track rows with the 31-value curves and framewise confidence, the per-video
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         users = [n for n, cls in SCORERS.items() if cls.weights_flag == flag]
         p.add_argument(flag, type=Path, default=None,
                        help=f"{SCORERS[users[0]].weights_help} (--scorer {' / '.join(users)})")
-    p.add_argument("--crop", nargs="+", default=["pipeline"], choices=PROTOCOLS,
+    p.add_argument("--crop", nargs="+", default=["mesh"], choices=PROTOCOLS,
                    help="crop protocol(s); each video is scored once per protocol")
     p.add_argument("--s3fd-weights", type=Path, default=None,
                    help="--crop s3fd: face-alignment's S3FD weights file (s3fd-619a316812.pth; never downloaded)")
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("sync_scores"), help="folder for scores.csv / scores.json")
     p.add_argument("--plots", type=Path, default=None, help="folder for one PNG per video and protocol")
     p.add_argument("--save-crops", type=Path, default=None,
-                   help="syncnet, protocol pipeline: also write each video's 224 x 224 crops and audio to "
+                   help="syncnet, protocol mesh: also write each video's 224 x 224 crops and audio to "
                         "DIR/<name>.mkv (lossless), which score to the same numbers with --crop none")
     p.add_argument("--device", default="auto",
                    help="torch device; auto: the GPU when the scoring process sees one, else the CPU")
@@ -166,7 +166,7 @@ def score_tracks(scorer, video: str, protocol: str, max_frames: int | None, io: 
 
         return score_s3fd_tracks(scorer, video, max_frames, io, s3fd_weights)
     if io == "exact":
-        if save_crops and protocol == "pipeline" and scorer.saves_crops:
+        if save_crops and protocol == "mesh" and scorer.saves_crops:
             target = Path(save_crops) / ("_".join(Path(video).with_suffix("").parts[-3:]) + ".mkv")
             s = scorer.score_video(video, protocol, max_frames, save_crops=target)
             return [({**whole_track(s), "crops": str(target)}, s)]

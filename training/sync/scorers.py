@@ -3,7 +3,7 @@ AV-SyncNet checkpoint (fit.py --model avsync).
 
     scorer = get_scorer("syncnet", "syncnet_v2.model")            # cached: one model per process
     scorer = get_scorer("unisync", "runs/mel_landmarks/best.pt")
-    score = scorer.score_video("clip.mp4", protocol="pipeline")   # -> scoring.SyncScore
+    score = scorer.score_video("clip.mp4", protocol="mesh")   # -> scoring.SyncScore
 
 A new scorer is one class (a `Scorer` with its facts as class attributes) and one row of
 `SCORERS`; score.py's --scorer choices and weight options, the sync pass's `name:PATH` specs, the
@@ -14,7 +14,7 @@ min(video frames, floor(audio samples / 640)), 20 windows a batch, eval mode, BG
 (N, 3, 5, 224, 224) and int16-scale MFCC windows (N, 1, 13, 20), L2 table over offsets -15..15.
 UniSync embeds the windows of its combo's fields (the store's, or the same fields computed from a
 video with the extraction code) and scores 1 - p_sync with the same rules; its visual input always
-comes from our face track, so its protocol is `pipeline`.
+comes from our face track, so its protocol is `mesh`.
 """
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ class SyncNetScorer(Scorer):
         if ready > 0:
             yield first, to_syncnet_input(np.stack(buffer[:ready + extra]))
 
-    def score_video(self, path: Path | str, protocol: str = "pipeline", max_frames: int | None = None,
+    def score_video(self, path: Path | str, protocol: str = "mesh", max_frames: int | None = None,
                     audio_path: Path | str | None = None, save_crops: Path | str | None = None) -> SyncScore:
         """`save_crops`: also write the 224 x 224 crops scored and the audio (lossless .mkv)."""
         from training.sync.video import CropWriter, iter_crops, read_audio_int16, tee_crops
@@ -175,7 +175,7 @@ class UniSyncScorer(Scorer):
     weights_flag = "--checkpoint"
     weights_label = "CHECKPOINT"
     weights_help = "a training/fit.py checkpoint (best.pt)"
-    protocols = ("pipeline",)  # its visual fields come from our face track
+    protocols = ("mesh",)  # its visual fields come from our face track
     stored_input = "utterance"
     distance_label = "mean 1 - p_sync"
 
@@ -257,11 +257,11 @@ class UniSyncScorer(Scorer):
         band.add(v, a)
         return score_table(band.finish(), self.vshift, self.edges)
 
-    def score_video(self, path: Path | str, protocol: str = "pipeline", max_frames: int | None = None,
+    def score_video(self, path: Path | str, protocol: str = "mesh", max_frames: int | None = None,
                     audio_path: Path | str | None = None) -> SyncScore:
         if protocol not in self.protocols:
             raise ValueError(f"the unisync scorer reads our face track's fields: protocol must be "
-                             f"'pipeline', got {protocol!r}")
+                             f"'mesh', got {protocol!r}")
         return self.score_utterance(video_utterance(path, self.combo, max_frames, audio_path))
 
 

@@ -11,7 +11,7 @@ sync-corrected: a re-run scores the data, not an earlier pass's correction), by 
 - "utterance" (`unisync:CHECKPOINT`): the checkpoint's combo fields (e.g. mel + landmarks),
   normalised as the checkpoint was trained (UniSyncScorer.model_input), the windows it trained on;
 - "frames" (`syncnet:WEIGHTS`): the stored audio (16-bit, so its int16 values exactly) and the
-  source video's frames on the stored timeline, cropped by the `pipeline` protocol around the
+  source video's frames on the stored timeline, cropped by the `mesh` protocol around the
   stored face track (landmarks + the meta field's crop boxes: no face detection is run again).
 
 It writes a column-only sidecar `<store>/shards/<dataset>/sync/<dataset>-NNNNNN.json` (no tar) whose

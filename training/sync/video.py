@@ -4,7 +4,7 @@ Frames come from `features.media.VideoStream` one at a time and leave as 224 x 2
 scoring a long HD clip holds a few frames, never the clip. They follow the shared timebase (grid
 frame t is the source frame nearest to t / 25 s); the reference assumes 25 fps input
 (run_pipeline converts with ffmpeg -r 25) and reads its frames back from JPEG files, which we skip.
-The `pipeline` protocol makes two passes: face tracking (`features.face.FaceTracker`, streamed),
+The `mesh` protocol makes two passes: face tracking (`features.face.FaceTracker`, streamed),
 then cropping.
 
 Audio follows syncnet_python: 16 kHz mono as int16 values, its own length (not trimmed or padded
@@ -100,7 +100,7 @@ def iter_crops(path: Path | str, protocol: str, max_frames: int | None = None,
     """224 x 224 RGB crops per frame under `protocol` (see training.sync.crops), frames by `io`."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown crop protocol {protocol!r}; known: {PROTOCOLS}")
-    if protocol == "pipeline":
+    if protocol == "mesh":
         boxes = smooth_boxes(face_boxes(path, max_frames, io))
         for t, frame in enumerate(_stream(path, max_frames, io)):
             yield pipeline_crop(frame, *boxes[min(t, len(boxes) - 1)])

@@ -102,6 +102,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "length: lrs2/lrs3 pretrain clips at word boundaries; every other dataset by a "
                         "probe pass (shot cuts, main-face runs, even splits; pipelines/probe.py) "
                         "before the plan is fixed (unset: keep whole videos)")
+    p.add_argument("--identity-cuts", action="store_true",
+                   help="with --max-seconds: the probe also cuts where the face's identity changes "
+                        "(dlib's face-recognition descriptor at 2.5 Hz, threshold 0.5; slower probe: README)")
     return p.parse_args(argv)
 
 
@@ -308,7 +311,7 @@ def run(args: argparse.Namespace, store: Path, session: dict) -> int:
     session["ray"] = make_runner(args)  # Ray starts when a phase first needs it
     if probes_long_videos(args):  # the probe pass runs before the plan is fixed
         utterances, probe_figures = cut_long_videos(session["ray"], store, args.dataset, utterances, existing,
-                                                    args.max_seconds)
+                                                    args.max_seconds, args.identity_cuts)
     with job.usage_errors():  # --shard-minutes / --shard-size out of range
         dataset_plan = extend_plan(existing, args.dataset, utterances, args.shard_size, args.shard_minutes)
     plan = [r for r in existing if r["dataset"] != args.dataset] + dataset_plan

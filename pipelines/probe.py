@@ -1,14 +1,15 @@
 """The probe pass: before the plan is fixed, long raw videos become utterances of at most
-`--max-seconds`, cut at shot cuts, where the main face track ends or jumps, and evenly within a
-shot (features/shots.py says how).
+`--max-seconds`, cut at shot cuts, where the main face track ends or jumps, with
+`--identity-cuts` also where the face's identity changes (dlib's descriptor, 2.5 Hz), and
+evenly within a shot (features/shots.py says how).
 
 Only what is not planned yet is probed: a video whose utterances are already in the store's plan
 keeps exactly those rows (so a re-run neither re-probes nor re-plans, and `verify` and resume
 keep their guarantees), and an utterance the adapter already cut (LRS pretrain word segments)
 is kept as it is. A video whose container says it is no longer than `--max-seconds` is kept
 whole without decoding. Every probe is cached in `<store>/probe/<dataset>/<sha1 of the path>.json`
-with the file's size and mtime and the probe's version, so an interrupted planning run resumes
-without probing twice.
+with the file's size and mtime, the probe's version and whether it holds identity distances, so an
+interrupted planning run resumes without probing twice.
 
 Segments are utterances `<utt_id>_segNN` with `start_s`/`end_s` (seconds from the source's
 first frame on the 25 fps grid) and the source's `video_path`; the source's transcript (a whole
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from catalog.jobs import Runner, Task
 from catalog.tars import write_atomic
-from features.shots import VERSION, FaceSampler, Probe, cut_points, header_duration, probe_video
+from features.shots import VERSION, FaceSampler, IdentityTrack, Probe, cut_points, header_duration, probe_video
 from pipelines.adapters import Utterance
 
 BATCH = 4  # videos per probe task
@@ -38,16 +39,19 @@ def probe_path(store: Path, dataset: str, video_path: str) -> Path:
     return Path(store) / "probe" / dataset / f"{hashlib.sha1(video_path.encode()).hexdigest()[:20]}.json"
 
 
-def _file_id(video_path: str) -> dict:
+def _file_id(video_path: str, identity: bool = False) -> dict:
     st = os.stat(video_path)
-    return {"video_path": video_path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": VERSION}
+    return {"video_path": video_path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": VERSION,
+            "identity": identity}
 
 
-def _cached(store: Path, dataset: str, video_path: str, max_seconds: float) -> dict | None:
-    """The cached entry when it is for this very file and enough for this max_seconds."""
+def _cached(store: Path, dataset: str, video_path: str, max_seconds: float, identity: bool = False) -> dict | None:
+    """The cached entry when it is for this very file, probed with(out) identity as asked, and
+    enough for this max_seconds."""
     try:
         entry = json.loads(probe_path(store, dataset, video_path).read_text())
-        if {k: entry.get(k) for k in ("video_path", "size", "mtime_ns", "version")} != _file_id(video_path):
+        want = _file_id(video_path, identity)
+        if {k: entry.get(k, False if k == "identity" else None) for k in want} != want:
             return None
     except (OSError, ValueError):
         return None
@@ -56,17 +60,18 @@ def _cached(store: Path, dataset: str, video_path: str, max_seconds: float) -> d
     return entry
 
 
-def probe_sources(store: str, dataset: str, videos: list[str], max_seconds: float) -> list[dict]:
+def probe_sources(store: str, dataset: str, videos: list[str], max_seconds: float, identity: bool = False
+                  ) -> list[dict]:
     """Ray task: per video its cached entry, else a new one (header only when it is short enough)."""
     out, sampler = [], None
     for video in videos:
-        entry = _cached(Path(store), dataset, video, max_seconds)
+        entry = _cached(Path(store), dataset, video, max_seconds, identity)
         if entry is None:
             try:
-                entry = {**_file_id(video), "header_s": header_duration(video), "probe": None}
+                entry = {**_file_id(video, identity), "header_s": header_duration(video), "probe": None}
                 if entry["header_s"] is None or entry["header_s"] > max_seconds:
                     sampler = sampler or FaceSampler()  # loaded once per task, when needed
-                    entry["probe"] = probe_video(video, sampler=sampler).as_dict()
+                    entry["probe"] = probe_video(video, sampler=sampler, identity=identity).as_dict()
             except Exception as exc:  # an unreadable file: planned whole, extraction records why
                 out.append({"video_path": video, "error": f"{type(exc).__name__}: {exc}"})
                 continue
@@ -92,8 +97,8 @@ def segments_of(utt: Utterance, entry: dict, max_seconds: float) -> list[Utteran
             for k, (start, end, _) in enumerate(cuts)]
 
 
-def run_probes(runner: Runner, store: Path, dataset: str, videos: list[str], max_seconds: float
-               ) -> dict[str, dict]:
+def run_probes(runner: Runner, store: Path, dataset: str, videos: list[str], max_seconds: float,
+               identity: bool = False) -> dict[str, dict]:
     """video_path -> probe entry, BATCH videos a task of the job runner (catalog/jobs.py: Ray, or
     this process for one batch).
 
@@ -105,7 +110,7 @@ def run_probes(runner: Runner, store: Path, dataset: str, videos: list[str], max
     def failed(task: Task, cause: str) -> None:
         entries.update({v: {"video_path": v, "error": f"probe task failed: {cause}"} for v in task.args[2]})
 
-    tasks = [Task(f"{dataset}-probe-{i // BATCH}", (str(store), dataset, videos[i:i + BATCH], max_seconds),
+    tasks = [Task(f"{dataset}-probe-{i // BATCH}", (str(store), dataset, videos[i:i + BATCH], max_seconds, identity),
                   size=len(videos[i:i + BATCH])) for i in range(0, len(videos), BATCH)]
     runner.run(probe_sources, tasks, desc=f"{dataset} probe", unit="video", max_retries=0,
                on_result=lambda task, found: entries.update({e["video_path"]: e for e in found}),
@@ -114,8 +119,9 @@ def run_probes(runner: Runner, store: Path, dataset: str, videos: list[str], max
 
 
 def cut_long_videos(runner: Runner, store: Path, dataset: str, utterances: list[Utterance], planned: list[dict],
-                    max_seconds: float) -> tuple[list[Utterance], dict]:
-    """The utterances to plan: planned ones as planned, new long videos cut; and the probe's figures."""
+                    max_seconds: float, identity: bool = False) -> tuple[list[Utterance], dict]:
+    """The utterances to plan: planned ones as planned, new long videos cut (with `identity`, also
+    at identity changes); and the probe's figures."""
     by_source: dict[str, list[dict]] = {}  # source utt_id -> its planned rows (whole, or its _segNN)
     for row in sorted((r for r in planned if r["dataset"] == dataset), key=lambda r: r["utt_id"]):
         base = row["utt_id"].rsplit("_seg", 1)[0] if row.get("start_s") is not None else row["utt_id"]
@@ -123,7 +129,9 @@ def cut_long_videos(runner: Runner, store: Path, dataset: str, utterances: list[
     fresh = [u for u in utterances if u.start_s is None and u.utt_id not in by_source]
     todo = sorted({u.video_path for u in fresh})
     started = time.perf_counter()
-    entries = run_probes(runner, store, dataset, todo, max_seconds) if todo else {}
+    if identity and todo:
+        IdentityTrack()  # dlib's models load, or the run stops here (ModelUnavailable), not once per video
+    entries = run_probes(runner, store, dataset, todo, max_seconds, identity) if todo else {}
     out, no_face = [], []
     for utt in utterances:
         if utt.start_s is not None:

@@ -18,7 +18,11 @@ from pathlib import Path
 from catalog.build import read_table
 from catalog.summary import format_summary, summarize
 from features.cli import HelpFormatter
-from features.fields import FIELDS
+
+# The UniSync paper's representations and SyncTalklip's inputs (hubert and whisper join when their
+# weights load). The generator-era fields (aligned crops, dlib's, FAN's) are left to the user:
+# FAN needs --fan-weights, and the demo's time budget is for training.
+DEMO_FIELDS = ("audio", "rgb", "landmarks", "mel", "parsing", "tdmm", "lip", "fbank")
 from features import whisper
 from features.hubert import DEFAULT_MODEL, HubertLoadError, load_model
 from catalog.preview import render_preview
@@ -77,7 +81,7 @@ def main(argv=None) -> int:
     if not any(corpus.glob("*/*.mp4")):
         generate_corpus(corpus, n_speakers=args.speakers, n_utterances=args.utterances, seed=args.seed)
 
-    fields = [f for f in FIELDS if f not in ("hubert", "whisper")] + ["meta"]
+    fields = [*DEMO_FIELDS, "meta"]
     try:
         load_model(args.hubert_model)
         fields.append("hubert")

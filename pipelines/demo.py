@@ -19,14 +19,15 @@ from catalog.build import read_table
 from catalog.summary import format_summary, summarize
 from features.cli import HelpFormatter
 
-# The UniSync paper's representations and SyncTalklip's inputs (hubert and whisper join when their
-# weights load). The generator-era fields (aligned crops, dlib's, FAN's) are left to the user:
-# FAN needs --fan-weights, and the demo's time budget is for training.
-DEMO_FIELDS = ("audio", "rgb", "landmarks", "mel", "parsing", "tdmm", "lip", "fbank")
 from features import whisper
 from features.hubert import DEFAULT_MODEL, HubertLoadError, load_model
 from catalog.preview import render_preview
 from pipelines.synthetic import generate_corpus
+
+# The UniSync paper's representations and SyncTalklip's inputs (hubert and whisper join when their
+# weights load). The generator-era fields (aligned crops, dlib's, FAN's) are left to the user:
+# FAN needs --fan-weights, and the demo's time budget is for training.
+DEMO_FIELDS = ("audio", "rgb", "landmarks", "mel", "parsing", "tdmm", "lip", "fbank")
 
 
 # Image combos on 2 CPU cores in minutes: windows at half resolution (decoded at half size in the

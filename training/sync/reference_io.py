@@ -151,11 +151,27 @@ def reference_frames(path: Path | str, qscale: int | None = None,
         container.close()
 
 
+def async_graph(sample_format: str, sample_rate: int, layout: str, time_base, aformat: str):
+    """ffmpeg's `-async 1` audio path as a filter graph: abuffer -> aresample async=1 (first pts 0)
+    -> aformat(`aformat`) -> sink. Returns (graph, source, sink)."""
+    from av.filter import Graph
+
+    graph = Graph()
+    src = graph.add_abuffer(format=sample_format, sample_rate=sample_rate, layout=layout, time_base=time_base)
+    sync = graph.add("aresample", "async=1:first_pts=0")
+    fmt = graph.add("aformat", aformat)
+    sink = graph.add("abuffersink")
+    src.link_to(sync)
+    sync.link_to(fmt)
+    fmt.link_to(sink)
+    graph.configure()
+    return graph, src, sink
+
+
 def reference_audio(path: Path | str, max_frames: int | None = None) -> np.ndarray:
     """int16 16 kHz mono audio as `ffmpeg -i path -async 1 -ac 1 -vn -acodec pcm_s16le -ar 16000`
     and scipy's wavfile.read give it; `max_frames` keeps max_frames * 640 samples."""
     import av
-    from av.filter import Graph
 
     container = _open(path)
     try:
@@ -168,17 +184,9 @@ def reference_audio(path: Path | str, max_frames: int | None = None) -> np.ndarr
             if frame.pts is None:
                 continue
             if graph is None:
-                graph = Graph()
                 tb = frame.time_base
-                src = graph.add_abuffer(format=frame.format.name, sample_rate=frame.sample_rate,
-                                        layout=frame.layout.name, time_base=tb)
-                sync = graph.add("aresample", "async=1:first_pts=0")
-                fmt = graph.add("aformat", f"sample_fmts=s16:sample_rates={SAMPLE_RATE}:channel_layouts=mono")
-                sink = graph.add("abuffersink")
-                src.link_to(sync)
-                sync.link_to(fmt)
-                fmt.link_to(sink)
-                graph.configure()
+                graph, src, sink = async_graph(frame.format.name, frame.sample_rate, frame.layout.name, tb,
+                                               f"sample_fmts=s16:sample_rates={SAMPLE_RATE}:channel_layouts=mono")
                 offset = int(round(start / tb))  # ffmpeg's ts_offset in the stream's time base
             frame.pts = frame.pts - offset
             src.push(frame)

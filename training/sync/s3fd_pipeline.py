@@ -476,9 +476,8 @@ def reencoded_audio(path: Path | str) -> np.ndarray:
     import tempfile
 
     import av
-    from av.filter import Graph
 
-    from training.sync.reference_io import _file_start, _open, _pull, reference_audio
+    from training.sync.reference_io import _file_start, _open, _pull, async_graph, reference_audio
 
     with tempfile.TemporaryDirectory(prefix="s3fd_audio_") as tmp:
         target = str(Path(tmp) / "audio.avi")
@@ -487,16 +486,8 @@ def reencoded_audio(path: Path | str) -> np.ndarray:
             stream = src_c.streams.audio[0]
             with av.open(target, "w") as out:
                 enc = out.add_stream("libmp3lame", rate=stream.rate, layout=stream.layout.name)
-                graph = Graph()
-                src = graph.add_abuffer(format=stream.format.name, sample_rate=stream.rate,
-                                        layout=stream.layout.name, time_base=stream.time_base)
-                sync = graph.add("aresample", "async=1:first_pts=0")
-                fmt = graph.add("aformat", f"sample_fmts={enc.format.name}")
-                sink = graph.add("abuffersink")
-                src.link_to(sync)
-                sync.link_to(fmt)
-                fmt.link_to(sink)
-                graph.configure()
+                graph, src, sink = async_graph(stream.format.name, stream.rate, stream.layout.name,
+                                               stream.time_base, f"sample_fmts={enc.format.name}")
                 offset = int(round(_file_start(src_c) / stream.time_base))
 
                 def flush(frames):

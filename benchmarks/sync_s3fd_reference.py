@@ -124,7 +124,9 @@ def run_ours(s3fd: Path, syncnet: Path, clip: Path) -> dict:
              "lse_c": s.confidence} for f, s in P.score_s3fd_tracks(scorer, str(clip), None, "reference", s3fd)]
     cpu = time.process_time() - c0
     net = P.cached_detector(s3fd)
-    tracks, _, _ = P.find_tracks(net, P.reference_frames_rgb(str(clip), "reference"))
+    with P.pipeline_video(clip, "reference") as avi:
+        tracks, _, _ = P.find_tracks(net, P.reference_frames_rgb(avi, "reference"),
+                                     shot_frames=P.shot_frames_rgb(avi, "reference"))
     for r, t in zip(rows, tracks):
         r["boxes"] = t.boxes
     return {"tracks": rows, "cpu_s": cpu}

@@ -339,6 +339,9 @@ def test_fit_trains_avsync_with_eq6(trained_avsync):
     refs = "".join(vowels_of(r["transcript"]) for r in pq.read_table(store / "catalog" / "utterances.parquet")
                    .to_pylist() if r["split"] == "test")
     assert lip["baseline_vowel_cer"] == pytest.approx(1 - refs.count(lip["majority_vowel"]) / len(refs))
+    # best.pt is chosen on val sync minus val vowel CER (--select auto with a lip reader)
+    assert final["select"] == "sync+lip" and lines[-1]["val_vowel_cer"] == final["val"]["lip_reading"]["vowel_cer"]
+    assert lines[-1]["val_score"] == pytest.approx(final["val"]["balanced_accuracy"] - lines[-1]["val_vowel_cer"])
     model, ckpt = load_checkpoint(run / "best.pt")  # weights_only, config names the model
     assert isinstance(model, AVSyncNet) and ckpt["config"]["model"] == "avsync"
     assert tokenizer_of(ckpt).symbols == [" ", "a", "e", "i", "o", "u"]

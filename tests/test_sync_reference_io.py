@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import noise_frames, tone, write_video
-from training.sync.reference_io import cfr_select, reference_audio, reference_frames
+from training.sync.reference_io import cfr_select, reencode_avi, reference_audio, reference_frames, vfr_select
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,52 @@ def test_cfr_selection_repeats_a_late_first_frame_and_drops_stragglers():
     # round(delta0 - 0.6) = 1 time, then the new one
     frames = [(0, 0.04, "a"), (0.001, 0.04, "b"), (0.002, 0.04, "c"), (0.003, 0.04, "d"), (0.2, 0.04, "e")]
     assert list(cfr_select(frames, 25)) == ["a", "b", "c", "d", "e", "e"]
+
+
+def test_vfr_selection_for_avi_by_hand():
+    """ffmpeg's avi rule (vsync vfr at -r 25): frames keep their own times, never repeat, and one
+    more than 0.6 frames behind the output clock is dropped."""
+    assert list(vfr_select([(i / 25, 0.04, i) for i in range(4)], 25)) == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    assert [p for p, _ in vfr_select([(0.4 + i / 25, 0.04, i) for i in range(3)], 25)] == [10, 11, 12]
+    # 30 fps into 25: each frame is clipped to the output clock until it falls 0.6 frames behind
+    kept = list(vfr_select([(i / 30, 1 / 30, i) for i in range(12)], 25))
+    assert kept == [(i, i) for i in range(10)] + [(10, 11)]
+
+
+def _repeats(frames) -> list[int]:
+    """Indices i where frame i + 1 repeats frame i (the source frames all differ)."""
+    return [i for i in range(len(frames) - 1) if np.array_equal(frames[i], frames[i + 1])]
+
+
+def test_reencoded_avi_repeats_the_first_frame_as_the_reference(clip, tmp_path):
+    """run_pipeline's video.avi: the MP3's encoder delay shifts every video packet after the first
+    by 2, so its JPEG dump holds 2 more frames: the first and the second twice each (as ffmpeg's
+    own on the real clips: 202 JPEGs from 200 frames)."""
+    import av
+
+    from training.sync.reference_io import set_frame_quality
+
+    frame = av.VideoFrame(64, 48, "yuv420p")
+    frame.pts = 7
+    assert set_frame_quality(frame, 236)  # the pinned PyAV's layout: ffmpeg's lambda reaches the encoder
+    avi = reencode_avi(clip, tmp_path / "video.avi")
+    frames = list(reference_frames(avi, qscale=2))
+    assert len(frames) == 42 and _repeats(frames) == [0, 2]
+    assert len(reference_audio(avi)) > 1.6 * 16000
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed: the comparison with its own re-encode is skipped")
+    import cv2
+
+    ref_avi, dump = tmp_path / "ref.avi", tmp_path / "dump"
+    dump.mkdir()
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(clip), "-qscale:v", "2", "-async", "1", "-r",
+                    "25", str(ref_avi)], check=True)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(ref_avi), "-qscale:v", "2", "-threads", "1",
+                    "-f", "image2", str(dump / "%06d.jpg")], check=True)
+    ref = [cv2.imread(str(p)) for p in sorted(dump.glob("*.jpg"))]
+    assert len(ref) == len(frames) and _repeats(ref) == _repeats(frames)
+    # mpeg4 at quantiser 2 with ffmpeg's per-frame lambda, then the qscale 2 JPEGs: bit-identical
+    assert all(np.array_equal(a, b) for a, b in zip(ref, frames))
 
 
 def test_reference_frames_and_audio_shapes(clip):

@@ -64,6 +64,27 @@ def test_embedding_shapes():
         assert model.forward_aud(torch.zeros(2, 1, 13, 20)).shape == (2, 1024)
 
 
+def test_folded_lip_trunk_gives_forward_lips_embeddings():
+    """The scorer's 2-d, BatchNorm-folded lip trunk is the published 3-d network, up to float
+    rounding (every BatchNorm's four tensors non-trivial, so a wrong fold shows)."""
+    from training.sync.syncnet import fast_forward_lip, folded_lip_trunk
+
+    torch.manual_seed(1)
+    model = SyncNet().eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.3, 3.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.3)
+    frames = torch.rand(3, 3, 5, 224, 224) * 255
+    with torch.no_grad():
+        want = model.forward_lip(frames)
+        got = fast_forward_lip(model, folded_lip_trunk(model), frames)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+    assert not torch.equal(got, model.forward_lip(frames.flip(2)))  # the frame order matters
+
+
 def reference_evaluate(model, frames_rgb: np.ndarray, audio: np.ndarray, vshift: int = 15):
     """syncnet_python's evaluate, restated from its facts on in-memory inputs: BGR float frames
     (1, 3, T, 224, 224), MFCC (1, 1, 13, M), windows 0 .. min_length - 6 in batches of 20."""

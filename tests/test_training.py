@@ -403,6 +403,20 @@ def test_optimizer_is_papers_adam_with_coupled_l2():
     assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_cosine_lr_schedule_by_hand():
+    from training.loss import lr_at
+
+    assert [lr_at(s, 1e-3, 100) for s in (0, 50, 99)] == [1e-3] * 3  # constant by default
+    assert lr_at(0, 1e-3, 101, "cosine") == pytest.approx(1e-3)
+    assert lr_at(50, 1e-3, 101, "cosine") == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half way: the mean
+    assert lr_at(100, 1e-3, 101, "cosine") == pytest.approx(1e-4)  # the last step: the floor
+    assert lr_at(500, 1e-3, 101, "cosine", floor=0.0) == pytest.approx(0.0, abs=1e-12)  # past the end: held
+    rates = [lr_at(s, 1.0, 11, "cosine") for s in range(11)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    with pytest.raises(ValueError, match="lr schedule"):
+        lr_at(3, 1e-3, 10, "linear")
+
+
 # ---------------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,10 @@ class TrainConfig:
     steps: int = _opt(20000, "optimiser steps (total, resume included)")
     batch_size: int = _opt(64, "pairs per step per rank")
     lr: float = _opt(1e-4, "Adam learning rate (paper: 1e-4)")
+    lr_schedule: str = _opt("constant", "constant, or cosine: a half cosine from --lr to --lr-floor x --lr "
+                                        "at --steps (a function of the step: --resume lands on the same rate)",
+                            choices=("constant", "cosine"))
+    lr_floor: float = _opt(0.1, "--lr-schedule cosine: the last step's rate as a share of --lr")
     weight_decay: float = _opt(1e-4, "coupled L2 (paper: 1e-4)")
     width: float = _opt(1.0, "channel multiplier: 1.0 is paper size (~16.3M params), 0.25 a CPU demo")
     depth: float | None = _opt(None, "residual-block multiplier; unset: 1 at width >= 0.5, else 0")
@@ -87,9 +91,19 @@ class TrainConfig:
     lip_batch: int = _opt(8, "--model avsync: whole transcribed train utterances per step for L_lip")
     lip_augment: bool = _opt(True, "--model avsync: stretch, move and contrast-scale each L_lip utterance's "
                                    "mouth ROIs by one random draw (training/lipread.py augment_frames)")
+    select: str = _opt("auto", "which val state best.pt keeps: sync (val balanced accuracy), sync+lip "
+                               "(val balanced accuracy minus val vowel CER: --model avsync with L_lip), "
+                               "auto (sync+lip when the run trains a lip reader, else sync)",
+                       choices=("auto", "sync", "sync+lip"))
     lip_max_frames: int = _opt(250, "--model avsync: utterances longer than this are left out of L_lip")
     print_model: bool = _opt(False, "print parameters and multiply-adds per pair of --combo at --width and exit")
     no_progress: bool = _opt(False, "no progress bar")
+
+    def selection(self) -> str:
+        """What best.pt is chosen on (--select with 'auto' resolved)."""
+        if self.select != "auto":
+            return self.select
+        return "sync+lip" if self.model == "avsync" and self.lambda_lip > 0 else "sync"
 
     def margins_pair(self) -> tuple[float, float]:
         if self.margins in (None, ""):  # fbank combos train AV-SyncNet only, which has no margins

@@ -19,7 +19,8 @@ Writes to --out (rank 0; the folder is made only once the data, the model and an
 checkpoint are known to be good, so a failed start leaves no empty run folder behind):
     checkpoint.pt   last state: model, optimiser, step, settings, every rank's loader positions
                     and the torch RNG state: --resume continues exactly where it stopped
-    best.pt         the weights with the best val balanced accuracy so far
+    best.pt         the weights with the best val score so far (--select: balanced accuracy, and for
+                    an AV-SyncNet with a lip reader that accuracy minus the val vowel CER)
     metrics.jsonl   one JSON line per log / eval: step, loss, val balanced accuracy, elapsed s
     ranks.json      each rank's shard list, utterances and windows
     final.json      combo, steps, params, width, seconds, val and test reports of the best state
@@ -43,7 +44,7 @@ from training.config import TrainConfig, build_parser, parse_args  # noqa: F401 
 from training.data import StoreError, Utterance, load_splits
 from training.evaluate import evaluate, full_report, held_out_set
 from training.loader import RankData, default_workers, prepare_utterances
-from training.loss import make_optimizer, margin_bce, margins_for
+from training.loss import lr_at, make_optimizer, margin_bce, margins_for, set_lr
 from training.model import SEQUENCE_DIMS, UniSync, count_parameters, describe
 from training.progress import Progress
 from training.runtime import (CheckpointError, Dist, autocast, load_checkpoint,  # noqa: F401
@@ -121,6 +122,9 @@ def train(cfg: TrainConfig) -> dict:
     except ValueError as exc:  # e.g. --combo fbank_lip without --model avsync
         raise SystemExit(f"fit.py: {exc}") from None
     margins = cfg.margins_pair()
+    select = cfg.selection()
+    if select == "sync+lip" and not (cfg.model == "avsync" and cfg.lambda_lip > 0):
+        raise SystemExit("fit.py: --select sync+lip needs --model avsync with L_lip (--lambda-lip > 0)")
 
     # data: this rank's train shards behind the loader; rank 0 also holds the held-out splits
     try:
@@ -160,7 +164,7 @@ def train(cfg: TrainConfig) -> dict:
     n_params = count_parameters(raw_model)
 
     # resume: weights, optimiser, step, best-so-far, every rank's loader positions
-    start, best_acc, best_step, losses = 0, -1.0, 0, []
+    start, best_acc, best_step, losses = 0, -math.inf, 0, []
     ckpt_path = out / "checkpoint.pt"
     if cfg.resume and ckpt_path.exists():
         try:
@@ -173,7 +177,7 @@ def train(cfg: TrainConfig) -> dict:
                 raise
             raise CheckpointError(f"{ckpt_path}: does not fit this run (--combo {cfg.combo}, --width "
                                   f"{cfg.width}): {str(exc).splitlines()[0]}") from None
-        start, best_acc, best_step = ckpt["step"], ckpt.get("best_acc", -1.0), ckpt.get("best_step", 0)
+        start, best_acc, best_step = ckpt["step"], ckpt.get("best_acc", -math.inf), ckpt.get("best_step", 0)
         losses = list(ckpt.get("pending_losses", []))
         states = ckpt.get("rank_states", [])
         if len(states) == dist.world:
@@ -226,6 +230,7 @@ def train(cfg: TrainConfig) -> dict:
     use_amp = device.type == "cuda" and cfg.dtype == "bf16"
     step = start - 1
     for step in range(start, cfg.steps):
+        set_lr(optimizer, lr_at(step, cfg.lr, cfg.steps, cfg.lr_schedule, cfg.lr_floor))
         raw = next(batches)
         data.consumed(raw)
         batch = raw.to(device)
@@ -258,8 +263,15 @@ def train(cfg: TrainConfig) -> dict:
                 report = evaluate(raw_model, val_set, device=device)
                 record["val_balanced_accuracy"] = report["balanced_accuracy"]
                 record["val_per_type"] = report["per_type"]
-                if report["balanced_accuracy"] > best_acc:
-                    best_acc, best_step = report["balanced_accuracy"], done
+                score = report["balanced_accuracy"]
+                if select == "sync+lip":  # a lip reader is only as good as its held-out transcriptions
+                    lip = expert.report(raw_model, held["val"], device).get("lip_reading", {})
+                    record["val_vowel_cer"] = lip.get("vowel_cer")
+                    score -= lip.get("vowel_cer", 1.0)
+                    report = {**report, "lip_reading": lip}
+                record["val_score"] = score
+                if score > best_acc:
+                    best_acc, best_step = score, done
                     save_checkpoint(out / "best.pt", raw_model, optimizer, done, cfg.as_dict(),
                                     {"val": report, **(expert.extra() if expert else {})})
             if master:
@@ -287,7 +299,8 @@ def train(cfg: TrainConfig) -> dict:
              "load_seconds": round(load_seconds, 2),
              "step_seconds": round(seconds / max(1, steps_run - start), 4), "best_step": best_step,
              "weights": "best" if best_step else "last", "world_size": dist.world, "workers": workers,
-             "batch_size": cfg.batch_size, "lr": cfg.lr, "margins": list(margins),
+             "batch_size": cfg.batch_size, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "select": select,
+             "best_score": best_acc if math.isfinite(best_acc) else None, "margins": list(margins),
              "cross_speaker_ratio": cfg.cross_speaker_ratio, "eval_cross_speaker_ratio": ratio,
              "seed": cfg.seed, "image_scale": cfg.image_scale,
              "train": {"utterances_rank0": ranks[0]["utterances"], "speakers_rank0": ranks[0]["speakers"],

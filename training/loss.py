@@ -10,6 +10,7 @@ gradient, i.e. the gradient of wd/2 * ||w||^2), see `make_optimizer`.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -48,3 +49,23 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float = 1e-4,
                                 fused=True)
     except (RuntimeError, TypeError, ValueError):  # a device without a fused kernel
         return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_at(step: int, lr: float, steps: int, schedule: str = "constant", floor: float = 0.1) -> float:
+    """The learning rate of optimiser step `step` (0-based) of a `steps`-step run: constant, or a
+    half cosine from `lr` down to `floor * lr` at the last step. A pure function of the step, so
+    --resume needs no scheduler state and lands on the same rate."""
+    if schedule == "constant" or steps <= 1:
+        return lr
+    if schedule != "cosine":
+        raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    t = min(max(step, 0), steps - 1) / (steps - 1)
+    return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

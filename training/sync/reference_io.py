@@ -79,6 +79,27 @@ def cfr_select(frames: Iterable[tuple[float, float, object]], rate: Fraction) ->
         last = frame
 
 
+def vfr_select(frames: Iterable[tuple[float, float, object]], rate: Fraction) -> Iterator[tuple[int, object]]:
+    """ffmpeg 5.1's video sync for avi output at `-r rate` (fftools forces `vsync vfr` for avi):
+    `frames` as for cfr_select; yields (output pts in 1 / rate, frame). A frame never repeats; one
+    more than 0.6 frames behind the output clock is dropped, one ahead of it keeps its own
+    (rounded) time, so the avi muxer leaves a gap (empty chunks) that a later cfr reader fills."""
+    sync = 0
+    for t, dur, frame in frames:
+        ipts = t * float(rate)
+        duration = float(np.rint(dur * float(rate))) if dur and np.rint(dur * float(rate)) > 0 else 1.0
+        delta0 = ipts - sync
+        delta = delta0 + duration
+        if delta0 < 0 < delta:  # clipped to the output clock (delta is not recomputed)
+            ipts = float(sync)
+        if delta <= -0.6:
+            continue
+        if delta > 0.6:
+            sync = int(np.rint(ipts))
+        yield sync, frame
+        sync += 1
+
+
 def _decoded_frames(container, stream) -> Iterator[tuple[float, float, object]]:
     """(time from the file's start, duration, frame) of each decoded frame."""
     start = _file_start(container)
@@ -213,3 +234,111 @@ def _pull(sink) -> list[np.ndarray]:
         except (av.error.BlockingIOError, av.error.EOFError):
             return out
         out.append(frame.to_ndarray().reshape(-1).astype(np.int16))
+
+
+QSCALE_LAMBDA = 118  # FF_QP2LAMBDA: `-qscale:v q` is global_quality q * 118, which ffmpeg gives every frame
+
+
+def set_frame_quality(frame, quality: int) -> bool:
+    """Set AVFrame.quality, which ffmpeg's CLI sets on every frame it encodes (`in_picture->quality =
+    enc->global_quality`) and PyAV does not expose. With a fixed quantiser the mpegvideo encoders
+    take their lambda from it: at 0 (PyAV's frames) intra frames come out the same, but the motion
+    search weighs vector cost by lambda, so P-frames differ. Written through ctypes at the offsets
+    of PyAV 18's Frame (PyObject head, vtable, AVFrame *) and libavutil 59/60's AVFrame (quality 24
+    bytes after pts), after checking width, height and pts there; returns False (nothing written)
+    on any other PyAV or libavutil, or when a check fails."""
+    import ctypes
+
+    import av
+
+    if av.__version__.split(".")[0] != "18" or av.library_versions["libavutil"][0] not in (59, 60):
+        return False
+    ptr = ctypes.c_void_p.from_address(id(frame) + 24).value
+    if not ptr or frame.pts is None:
+        return False
+    if (ctypes.c_int32.from_address(ptr + 104).value, ctypes.c_int32.from_address(ptr + 108).value) != \
+            (frame.width, frame.height) or ctypes.c_int64.from_address(ptr + 136).value != frame.pts:
+        return False
+    ctypes.c_int32.from_address(ptr + 160).value = int(quality)
+    return True
+
+
+def reencode_avi(path: Path | str, target: Path | str) -> Path:
+    """run_pipeline's `ffmpeg -y -i VIDEO -qscale:v 2 -async 1 -r 25 video.avi`, in process:
+    video frames timed by ffmpeg's avi rule (vfr_select at 25 fps, from the file's start), mpeg4 at
+    fixed quantiser 2 with libavcodec's automatic slice-thread count (ffmpeg's `-threads auto`:
+    cores + 1, so the reference's own .avi depends on the machine's core count); audio through
+    `aresample=async=1:first_pts=0` into libmp3lame (avi's default audio codec). Packets are muxed
+    in the order ffmpeg writes them (decode order, each encoder's output as it comes), because the
+    muxer's shift of the MP3's negative start (encoder delay) applies to the video packets written
+    after the first audio one: on a 25 fps clip the .avi's second frame lands at 0.12 s, and the
+    JPEG dump shows the first two frames twice each. Every frame gets ffmpeg's quality 236
+    (set_frame_quality: the lambda the encoder's motion search weighs)."""
+    import av
+
+    target = Path(target)
+    src_c = _open(path)
+    try:
+        if not src_c.streams.video:
+            raise MediaError(Path(path), "no video stream")
+        vs = src_c.streams.video[0]
+        a_in = src_c.streams.audio[0] if src_c.streams.audio else None
+        start = _file_start(src_c)
+        rate = Fraction(25)
+        with av.open(str(target), "w") as out:
+            venc = out.add_stream("mpeg4", rate=rate)
+            venc.width, venc.height, venc.pix_fmt = vs.codec_context.width, vs.codec_context.height, "yuv420p"
+            venc.codec_context.qscale = 2  # AV_CODEC_FLAG_QSCALE ...
+            venc.codec_context.global_quality = 2 * QSCALE_LAMBDA  # ... at quantiser 2
+            venc.codec_context.thread_count = 0  # libavcodec's automatic count, as ffmpeg's default
+            aenc = graph = None
+            if a_in is not None:
+                aenc = out.add_stream("libmp3lame", rate=a_in.rate, layout=a_in.layout.name)
+                supported = [f.name for f in aenc.codec.audio_formats]  # ffmpeg keeps the decoder's
+                if a_in.format.name in supported:                       # format where it can
+                    aenc.format = a_in.format.name
+                graph, asrc, sink = async_graph(a_in.format.name, a_in.rate, a_in.layout.name, a_in.time_base,
+                                                f"sample_fmts={aenc.format.name}")
+                a_offset = int(round(start / a_in.time_base))
+
+            def video_frames():
+                for frame in src_c.decode(*([vs, a_in] if a_in is not None else [vs])):
+                    if frame.pts is None:
+                        continue
+                    if isinstance(frame, av.AudioFrame):
+                        frame.pts -= a_offset
+                        asrc.push(frame)
+                        for af in _pull_frames(sink):
+                            out.mux(aenc.encode(af))
+                        continue
+                    yield (float(frame.pts * frame.time_base - start),
+                           float((frame.duration or 0) * frame.time_base), frame)
+
+            for pts, frame in vfr_select(video_frames(), rate):
+                pic = frame if frame.format.name == "yuv420p" else frame.reformat(format="yuv420p",
+                                                                                     interpolation="BICUBIC")
+                pic.pts, pic.time_base = pts, 1 / rate
+                pic.pict_type = 0  # the encoder picks each frame's type, as ffmpeg's (not the source's)
+                set_frame_quality(pic, 2 * QSCALE_LAMBDA)
+                out.mux(venc.encode(pic))
+            out.mux(venc.encode(None))
+            if graph is not None:
+                asrc.push(None)
+                for af in _pull_frames(sink):
+                    out.mux(aenc.encode(af))
+                out.mux(aenc.encode(None))
+    finally:
+        src_c.close()
+    return target
+
+
+def _pull_frames(sink) -> list:
+    """Every frame a filter graph's sink has ready."""
+    import av
+
+    out = []
+    while True:
+        try:
+            out.append(sink.pull())
+        except (av.error.BlockingIOError, av.error.EOFError):
+            return out

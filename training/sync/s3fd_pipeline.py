@@ -19,11 +19,11 @@ The reference scores every face *track*, not every video. Its rules, all reprodu
    crop_scale 0.4 padding and 224 resize (training.sync.crops.pipeline_crop);
 7. each track's audio is `[first / 25 s, (last + 1) / 25 s)` of the clip's 16 kHz audio.
 
-With `--io reference` the lossy steps in between are reproduced in process too: the track's crops
-go through cv2.VideoWriter XVID and the default-quality JPEG dump (xvid_round_trip), the audio
-through the re-encode's MP3 (reencoded_audio). Not reproduced: the re-encode's mpeg4 `-qscale:v 2`
-video pass before the JPEG dump (we dump JPEGs from the source itself, at the source's frame rate:
-sources not at 25 fps differ), so boxes differ by a fraction of a pixel.
+With `--io reference` the lossy steps in between are reproduced in process too: the re-encode
+`ffmpeg -qscale:v 2 -async 1 -r 25 video.avi` (pipeline_video: mpeg4, MP3 and ffmpeg's avi
+timing, so a 25 fps clip whose MP3 starts before its video gets the reference's two repeated first
+frames), its -qscale:v 2 JPEG dump, and for every track cv2.VideoWriter XVID and the
+default-quality JPEG dump (xvid_round_trip); the audio is the .avi's MP3.
 
 The detector is face-alignment's `s3fd` module and weight layout (`face_alignment.detection.sfd`),
 loaded from a local file. face-alignment's own `batch_detect` differs from the reference's bundled
@@ -38,6 +38,8 @@ the reference's operations; `detect_batch` applies the reference's post-processi
 """
 from __future__ import annotations
 
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -323,9 +325,24 @@ def tracks_from_detections(dets: list[np.ndarray], shots: list[tuple[int, int]],
     return tracks
 
 
+@contextmanager
+def pipeline_video(video: Path | str, io: str) -> Iterator[Path]:
+    """The file run_pipeline works on: with `--io reference` its re-encoded .avi (reference_io.
+    reencode_avi: mpeg4 -qscale:v 2, MP3, ffmpeg's avi timing), in a temporary folder removed on
+    exit (about 0.4 MB per second of 512 px video); otherwise the source itself."""
+    if io != "reference":
+        yield Path(video)
+        return
+    from training.sync.reference_io import reencode_avi
+
+    with tempfile.TemporaryDirectory(prefix="s3fd_avi_") as tmp:
+        yield reencode_avi(video, Path(tmp) / "video.avi")
+
+
 def reference_frames_rgb(path: Path | str, io: str, max_frames: int | None = None) -> Iterator[np.ndarray]:
-    """The frames run_pipeline works on, RGB uint8: `reference` = its -qscale:v 2 JPEG dump read back
-    by OpenCV (training.sync.reference_io); `exact` = our 25 fps grid decode (lossless)."""
+    """The frames run_pipeline works on, RGB uint8: `reference` = the -qscale:v 2 JPEG dump of
+    `path` (pipeline_video's .avi) read back by OpenCV (training.sync.reference_io); `exact` = our
+    25 fps grid decode (lossless)."""
     if io == "reference":
         from training.sync.reference_io import reference_frames
 
@@ -337,21 +354,42 @@ def reference_frames_rgb(path: Path | str, io: str, max_frames: int | None = Non
         yield from _stream(path, max_frames)
 
 
+def shot_frames_rgb(path: Path | str, io: str) -> Iterator[np.ndarray] | None:
+    """The frames run_pipeline's scene_detect sees, when they are not the detector's: with
+    `--io reference`, the .avi as a VideoCapture decodes it, one frame per coded frame (no gap
+    filled: 200 frames where the JPEG dump has 202), so the last shot ends at the .avi's own frame
+    count and frames past it get no track, as in the reference. None: the detector's frames."""
+    if io != "reference":
+        return None
+    import av
+
+    def frames():
+        with av.open(str(path)) as c:
+            for f in c.decode(video=0):
+                yield f.to_ndarray(format="rgb24")
+    return frames()
+
+
 def find_tracks(net, frames: Iterable[np.ndarray], batch_size: int = 16, device: str = "cpu",
+                shot_frames: Iterable[np.ndarray] | None = None,
                 **kw) -> tuple[list[Track], list[np.ndarray], list[tuple[int, int]]]:
-    """Pass 1 over a clip: batched S3FD and the shot split as frames stream; then the tracks.
-    Returns (tracks, per-frame detections, shots)."""
+    """Pass 1 over a clip: batched S3FD and the shot split as frames stream (on `shot_frames`
+    instead where given: shot_frames_rgb); then the tracks. Returns (tracks, per-frame
+    detections, shots)."""
     dets: list[np.ndarray] = []
     shots = ShotSplitter()
     batch: list[np.ndarray] = []
     for frame in frames:
-        shots.add(frame)
+        if shot_frames is None:
+            shots.add(frame)
         batch.append(frame)
         if len(batch) == batch_size:
             dets += detect_batch(net, batch, device=device)
             batch = []
     dets += detect_batch(net, batch, device=device)
-    split = shots.shots()
+    for frame in shot_frames or ():
+        shots.add(frame)
+    split = [(a, min(b, len(dets))) for a, b in shots.shots() if a < len(dets)]  # --max-frames
     return tracks_from_detections(dets, split, **kw), dets, split
 
 
@@ -452,71 +490,19 @@ def score_s3fd_tracks(scorer, video: str, max_frames: int | None, io: str, weigh
 
     device = str(getattr(scorer, "device", "cpu"))
     net = cached_detector(weights, device)
-    tracks, _, _ = find_tracks(net, reference_frames_rgb(video, io, max_frames), batch_size, device)
-    crops = track_crops(reference_frames_rgb(video, io, max_frames), tracks)
-    if io == "reference":
-        audio = int16_scale(reencoded_audio(video))
-        audio = audio if max_frames is None else audio[:max_frames * 640]
-    else:
-        audio = read_audio_int16(video, None, max_frames, io=io)
+    with pipeline_video(video, io) as source:
+        tracks, _, _ = find_tracks(net, reference_frames_rgb(source, io, max_frames), batch_size, device,
+                                   shot_frames=shot_frames_rgb(source, io))
+        crops = track_crops(reference_frames_rgb(source, io, max_frames), tracks)
+        if io == "reference":  # run_pipeline's audio.wav: the .avi's MP3 at 16 kHz mono
+            from training.sync.reference_io import reference_audio
+
+            audio = int16_scale(reference_audio(source, max_frames))
+        else:
+            audio = read_audio_int16(video, None, max_frames, io=io)
     out = []
     for k, (t, c) in enumerate(zip(tracks, crops)):
         frames = xvid_round_trip(c) if io == "reference" else c
         s = scorer.score_arrays(iter(frames), track_audio(audio, t))
         out.append(({"track": k, "track_start": t.start, "track_frames": len(t.frames)}, s))
     return out
-
-
-def reencoded_audio(path: Path | str) -> np.ndarray:
-    """`--io reference`: the int16 16 kHz mono audio run_pipeline cuts tracks from. Its
-    `ffmpeg -i VIDEO -qscale:v 2 -async 1 -r 25 video.avi` re-encodes the audio with libmp3lame
-    (avi's default audio codec, lame's default rate control) after `aresample=async=1:first_pts=0`,
-    and `audio.wav` is that MP3 decoded from the avi (no gapless trimming in avi: the encoder's
-    delay stays). Built in process with PyAV into one temporary audio-only .avi, removed at once."""
-    import tempfile
-
-    import av
-
-    from training.sync.reference_io import _file_start, _open, _pull, async_graph, reference_audio
-
-    with tempfile.TemporaryDirectory(prefix="s3fd_audio_") as tmp:
-        target = str(Path(tmp) / "audio.avi")
-        src_c = _open(path)
-        try:
-            stream = src_c.streams.audio[0]
-            with av.open(target, "w") as out:
-                enc = out.add_stream("libmp3lame", rate=stream.rate, layout=stream.layout.name)
-                graph, src, sink = async_graph(stream.format.name, stream.rate, stream.layout.name,
-                                               stream.time_base, f"sample_fmts={enc.format.name}")
-                offset = int(round(_file_start(src_c) / stream.time_base))
-
-                def flush(frames):
-                    for f in frames:
-                        f.pts = None
-                        for p in enc.encode(f):
-                            out.mux(p)
-
-                for frame in src_c.decode(stream):
-                    if frame.pts is None:
-                        continue
-                    frame.pts -= offset
-                    src.push(frame)
-                    flush(_pull_frames(sink))
-                src.push(None)
-                flush(_pull_frames(sink))
-                for p in enc.encode(None):
-                    out.mux(p)
-        finally:
-            src_c.close()
-        return reference_audio(target)
-
-
-def _pull_frames(sink) -> list:
-    import av
-
-    out = []
-    while True:
-        try:
-            out.append(sink.pull())
-        except (av.error.BlockingIOError, av.error.EOFError):
-            return out

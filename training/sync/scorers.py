@@ -100,6 +100,16 @@ class SyncNetScorer(Scorer):
         self.model = self.load_model(weights, self.device)
         self.version = f"{VERSION}+{file_digest(weights)}"
         self.batch_size, self.vshift, self.edges = batch_size, vshift, edges
+        self._trunk: nn.Module | None = None  # the folded lip trunk, built on first use
+
+    def embed_lip(self, video: torch.Tensor) -> torch.Tensor:
+        """forward_lip for scoring, through the folded 2-d trunk (syncnet.folded_lip_trunk: same
+        embeddings to ~2e-6, ~1.4x faster on a CPU)."""
+        from training.sync.syncnet import fast_forward_lip, folded_lip_trunk
+
+        if self._trunk is None:
+            self._trunk = folded_lip_trunk(self.model)
+        return fast_forward_lip(self.model, self._trunk, video)
 
     @staticmethod
     def load_model(path: Path | str, device: str = "cpu") -> nn.Module:
@@ -127,7 +137,7 @@ class SyncNetScorer(Scorer):
             k = frames.shape[1] - (WINDOW - 1)  # windows in this batch
             video = torch.from_numpy(frames).unfold(1, WINDOW, 1).permute(1, 0, 4, 2, 3)  # (k, 3, 5, H, W)
             cc = np.stack([mfcc_window(mfcc, t) for t in range(start, start + k)]).astype(np.float32)
-            band.add(self.model.forward_lip(video.contiguous().to(self.device)),
+            band.add(self.embed_lip(video.to(self.device)),
                      self.model.forward_aud(torch.from_numpy(cc).to(self.device)))
         return score_table(band.finish(), self.vshift, self.edges)
 

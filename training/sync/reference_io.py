@@ -121,13 +121,20 @@ def to_yuvj420p(frame):
 
     if frame.format.name != "yuv420p":
         return frame.reformat(format="yuvj420p", interpolation="BICUBIC")
-    h, w = frame.height, frame.width
-    planes = frame.to_ndarray().astype(np.int64)  # (h * 3 / 2, w): Y, then U and V
-    y, uv = planes[:h] << 7, planes[h:] << 7
-    y = (np.minimum(y, 30189) * 19077 - 39057361) >> 14
-    uv = (np.minimum(uv, 30775) * 4663 - 9289992) >> 12
-    out = np.clip((np.concatenate([y, uv]) + 64) >> 7, 0, 255).astype(np.uint8)
+    h = frame.height
+    planes = frame.to_ndarray()  # (h * 3 / 2, w) uint8: Y, then U and V
+    out = np.concatenate([_LUMA_TO_JPEG[planes[:h]], _CHROMA_TO_JPEG[planes[h:]]])
     return av.VideoFrame.from_ndarray(out, format="yuvj420p")
+
+
+def _range_lut(clip: int, mul: int, sub: int, shift: int) -> np.ndarray:
+    """swscale's integer range expansion of one 8-bit sample value (an elementwise map: a table)."""
+    v = np.arange(256, dtype=np.int64) << 7
+    return np.clip(((np.minimum(v, clip) * mul - sub) >> shift) + 64 >> 7, 0, 255).astype(np.uint8)
+
+
+_LUMA_TO_JPEG = _range_lut(30189, 19077, 39057361, 14)  # lumRangeToJpeg
+_CHROMA_TO_JPEG = _range_lut(30775, 4663, 9289992, 12)  # chrRangeToJpeg
 
 
 def _imdecode(packet) -> np.ndarray:

@@ -39,6 +39,7 @@ the reference's operations; `detect_batch` applies the reference's post-processi
 from __future__ import annotations
 
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,45 @@ def reference_forward(net, x):
     return out
 
 
+def _heads_module(net):
+    """reference_forward as a module with a flat tuple output (what torch.jit.trace takes)."""
+    import torch
+
+    class Heads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return tuple(t for pair in reference_forward(self.net, x) for t in pair)
+
+    return Heads().eval()
+
+
+def fast_forward(net, x):
+    """reference_forward through a traced, frozen graph optimised for inference (torch.jit.
+    optimize_for_inference: oneDNN convolutions with fused ReLUs), one per input shape, kept on the
+    network: ~1.2x faster on a CPU, scores equal to ~6e-7 (the same boxes on the benchmark's clips).
+    Falls back to eager reference_forward where tracing fails."""
+    import torch
+
+    cache = net.__dict__.setdefault("_fast_graphs", {})
+    key = tuple(x.shape)
+    if key not in cache:
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer's notes on the fixed head-count branch
+                cache[key] = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(_heads_module(net), x)))
+        except Exception:  # noqa: BLE001 - any failure: the eager path computes the same
+            cache[key] = None
+    graph = cache[key]
+    if graph is None:
+        return reference_forward(net, x)
+    with torch.no_grad():
+        flat = graph(x)
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
 def _priors(shapes: list[tuple[int, int]], imh: int, imw: int):
     """The reference's PriorBox (normalised cx, cy, w, h), row-major per level, float32."""
     import torch
@@ -192,8 +232,7 @@ def detect_batch(net, frames_rgb: list[np.ndarray], conf_th: float = CONF_TH,
                       for f in frames_rgb]).astype(np.float32)
     small -= np.asarray(RGB_MEAN, np.float32)
     x = torch.from_numpy(small.transpose(0, 3, 1, 2).copy()).to(device)
-    with torch.no_grad():
-        heads = reference_forward(net, x)
+    heads = fast_forward(net, x)
     shapes = [tuple(c.shape[2:]) for c, _ in heads]
     conf = torch.cat([c.permute(0, 2, 3, 1).reshape(len(frames_rgb), -1, 2) for c, _ in heads], 1)
     loc = torch.cat([r.permute(0, 2, 3, 1).reshape(len(frames_rgb), -1, 4) for _, r in heads], 1)
@@ -370,7 +409,7 @@ def shot_frames_rgb(path: Path | str, io: str) -> Iterator[np.ndarray] | None:
     return frames()
 
 
-def find_tracks(net, frames: Iterable[np.ndarray], batch_size: int = 16, device: str = "cpu",
+def find_tracks(net, frames: Iterable[np.ndarray], batch_size: int = 4, device: str = "cpu",
                 shot_frames: Iterable[np.ndarray] | None = None,
                 **kw) -> tuple[list[Track], list[np.ndarray], list[tuple[int, int]]]:
     """Pass 1 over a clip: batched S3FD and the shot split as frames stream (on `shot_frames`
@@ -482,13 +521,14 @@ def cached_detector(path: Path | str | None, device: str = "cpu"):
 
 
 def score_s3fd_tracks(scorer, video: str, max_frames: int | None, io: str, weights: Path | str | None,
-                      batch_size: int = 16) -> list[tuple[dict, object]]:
+                      batch_size: int | None = None) -> list[tuple[dict, object]]:
     """`--crop s3fd`: (track facts, SyncScore) per run_pipeline track of `video`, as run_syncnet
     scores every track; no tracks gives an empty list (the reference then writes nothing)."""
     from training.sync.audio import int16_scale
     from training.sync.video import read_audio_int16
 
     device = str(getattr(scorer, "device", "cpu"))
+    batch_size = batch_size or (4 if device == "cpu" else 32)  # 4 x 128 px images stay in a CPU's cache
     net = cached_detector(weights, device)
     with pipeline_video(video, io) as source:
         tracks, _, _ = find_tracks(net, reference_frames_rgb(source, io, max_frames), batch_size, device,

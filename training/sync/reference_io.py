@@ -232,15 +232,8 @@ def reference_audio(path: Path | str, max_frames: int | None = None) -> np.ndarr
 
 
 def _pull(sink) -> list[np.ndarray]:
-    import av
-
-    out = []
-    while True:
-        try:
-            frame = sink.pull()
-        except (av.error.BlockingIOError, av.error.EOFError):
-            return out
-        out.append(frame.to_ndarray().reshape(-1).astype(np.int16))
+    """Every ready frame of the audio sink as int16 samples."""
+    return [frame.to_ndarray().reshape(-1).astype(np.int16) for frame in _pull_frames(sink)]
 
 
 QSCALE_LAMBDA = 118  # FF_QP2LAMBDA: `-qscale:v q` is global_quality q * 118, which ffmpeg gives every frame

@@ -75,3 +75,27 @@ def test_summary_counts_utterances_not_members(store):
     assert q["audio_coverage"]["below_0.95"] == q["warnings"]["utterances"] > 0
     text = format_summary(s)
     assert f"{first}/{first}" in text and "audio coverage: mean" in text and "warnings:" in text
+
+
+def test_build_pauses_the_cycle_collector_and_restores_it(store, monkeypatch):
+    import gc
+
+    import catalog.build as build
+
+    seen = []
+    real = build._read_sidecar
+    monkeypatch.setattr(build, "_read_sidecar", lambda path: (seen.append(gc.isenabled()), real(path))[1])
+    plan = read_plan(store)
+    assert gc.isenabled()
+    build_catalog(store, plan, FIELDS + ["tdmm"])
+    assert seen and not any(seen) and gc.isenabled()  # paused while sidecars are read, back on after
+    gc.disable()
+    try:
+        build_catalog(store, plan, FIELDS + ["tdmm"])
+        assert not gc.isenabled()  # a caller's own pause is left as it was
+    finally:
+        gc.enable()
+    monkeypatch.setattr(build, "_read_sidecar", lambda path: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        build_catalog(store, plan, FIELDS + ["tdmm"])
+    assert gc.isenabled()  # ... and restored on an error too

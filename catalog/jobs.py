@@ -78,6 +78,9 @@ class _StartTimeout(BaseException):
     """Raised into ray.init by SIGALRM: not an Exception, so Ray's own retry loops let it pass."""
 
 
+_ALARM = {"fired": False}  # set by the SIGALRM handler: the alarm can be swallowed inside ray.init
+
+
 @dataclass(frozen=True)
 class Task:
     """One task: `name` in messages and the fault hook ("folder-000003"), `fn(*args)` its work,
@@ -496,7 +499,10 @@ def start_ray(init: Callable[[], object], timeout_s: float, local: bool):
     Ray's local start-up waits up to RAY_gcs_server_port_wait_time_s (30 s by default) for its GCS
     and a fixed 30 s for the raylet to register (ray/_private/node.py); on a loaded machine either
     can run out. The first is set to the time left; a start that fails on a timeout is retried
-    while time is left; a SIGALRM ends the attempt when the whole budget is spent.
+    while time is left; a SIGALRM ends the attempt when the whole budget is spent. The alarm's
+    exception can be lost inside Ray (raised while a class body of an import runs, Python turns it
+    into the RuntimeError "Error calling __set_name__", which Ray logs and goes on), so a start
+    during which the alarm fired counts as out of time even when ray.init returns: the limit holds.
     """
     import ray
 
@@ -515,14 +521,21 @@ def start_ray(init: Callable[[], object], timeout_s: float, local: bool):
             ours = local and GCS_WAIT_ENV not in os.environ
             if ours:
                 os.environ[GCS_WAIT_ENV] = str(max(1, int(left)))
+            _ALARM["fired"] = False
             signal.setitimer(signal.ITIMER_REAL, left)
             try:
                 init()
-                return ray
+                if not _ALARM["fired"]:
+                    return ray
+                last = f"still starting after {timeout_s:g} s"
+                break
             except _StartTimeout:
                 last = f"still starting after {timeout_s:g} s"
                 break
             except Exception as exc:
+                if _ALARM["fired"]:  # the alarm, turned into another exception inside Ray
+                    last = f"still starting after {timeout_s:g} s"
+                    break
                 last = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 if not local or "timed out" not in last.lower() and "timeout" not in last.lower():
                     timed_out = False
@@ -545,6 +558,7 @@ def start_ray(init: Callable[[], object], timeout_s: float, local: bool):
 
 
 def _alarm(_signum, _frame) -> None:
+    _ALARM["fired"] = True
     raise _StartTimeout()
 
 

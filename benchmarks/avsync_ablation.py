@@ -14,15 +14,15 @@ val / test splits (pipelines/extract.py), then trains AV-SyncNet through fit.py 
     infonce  the conventional contrastive loss (InfoNCE over frames of the positive pairs,
              p_sync = (1 + cos) / 2) + L_lip
 
-All variants share one recipe (the defaults below): the reader trained as hybrid CTC / attention
-(--lip-ctc 1; scaled with L_lip, so it is off where L_lip is), 8 whole utterances per step for
-L_lip, no ROI augmentation, a cosine learning rate, 1500 steps, 48 speakers. With 24 speakers, 4
-utterances per step, augmentation on and no CTC, the reader stays near-constant (CHANGELOG.md).
-
 and reports, on the held-out test speakers, sync balanced accuracy (fixed seeded pairs, threshold
 0.5), offset accuracy per window and per utterance (evaluate.py's protocols), and the lip
 reader's CER and vowel CER against the majority-vowel baseline (training/lipread.py). Every run
 is the same command a user types (printed); the table goes to <work>/ablation.md and .json.
+
+All variants share one recipe (the defaults below): the reader trained as hybrid CTC / attention
+(--lip-ctc 1; scaled with L_lip, so it is off where L_lip is), 8 whole utterances per step for
+L_lip, no ROI augmentation, a cosine learning rate, 1500 steps, 48 speakers. With 24 speakers, 4
+utterances per step, augmentation on and no CTC, the reader stays near-constant (CHANGELOG.md).
 """
 from __future__ import annotations
 

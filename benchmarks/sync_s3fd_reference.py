@@ -121,7 +121,8 @@ def run_ours(s3fd: Path, syncnet: Path, clip: Path) -> dict:
     scorer = SyncNetScorer(syncnet)
     c0 = time.process_time()
     rows = [{"start": f["track_start"], "frames": f["track_frames"], "offset": s.offset, "lse_d": s.min_dist,
-             "lse_c": s.confidence, "curve": np.asarray(s.mean_dist)} for f, s in P.score_s3fd_tracks(scorer, str(clip), None, "reference", s3fd)]
+             "lse_c": s.confidence, "curve": np.asarray(s.mean_dist)}
+            for f, s in P.score_s3fd_tracks(scorer, str(clip), None, "reference", s3fd)]
     cpu = time.process_time() - c0
     net = P.cached_detector(s3fd)
     with P.pipeline_video(clip, "reference") as avi:
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 gap = (r["curve"][15 - o["offset"]] - r["lse_d"]) / r["lse_d"]
                 offsets_differ += 1
                 print(f"    offsets differ: on the reference's own curve, our offset's distance is {gap:.2e} x "
-                      f"LSE-D above its minimum ({'a tie within the curve difference' if gap <= dcurve else 'NOT a tie'})")
+                      f"LSE-D above its minimum "
+                      f"({'a tie within the curve difference' if gap <= dcurve else 'NOT a tie'})")
     print(f"worst relative difference (LSE-D, LSE-C, curve) {worst:.2e} (target 1e-3); tracks whose offsets "
           f"differ: {offsets_differ}; frames per CPU-second over all clips: "
           f"reference {frames / ref_cpu:.2f}, ours {frames / our_cpu:.2f} ({ref_cpu / our_cpu:.2f}x)")

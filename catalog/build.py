@@ -108,7 +108,7 @@ def without_cycle_collector(fn):
 
     A build makes millions of small acyclic objects (sidecar JSON, column lists); the collector's
     full passes rescan the whole growing heap, which made the 1M-utterance build 5.2x the CPU of the
-    250k one (4.1x with the collector paused; benchmarks.catalog_scale). Reference counting still
+    250k one (4.1-4.7x with the collector paused; benchmarks.catalog_scale). Reference counting still
     frees everything; only cycles wait for the next collection."""
     @functools.wraps(fn)
     def run(*args, **kwargs):

@@ -527,24 +527,22 @@ def start_ray(init: Callable[[], object], timeout_s: float, local: bool):
                 init()
                 if not _ALARM["fired"]:
                     return ray
-                last = f"still starting after {timeout_s:g} s"
-                break
             except _StartTimeout:
-                last = f"still starting after {timeout_s:g} s"
-                break
+                pass
             except Exception as exc:
-                if _ALARM["fired"]:  # the alarm, turned into another exception inside Ray
-                    last = f"still starting after {timeout_s:g} s"
-                    break
-                last = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-                if not local or "timed out" not in last.lower() and "timeout" not in last.lower():
-                    timed_out = False
-                    break
-                print(f"warning: Ray start attempt {attempt} failed ({last}); retrying", file=sys.stderr)
+                if not _ALARM["fired"]:  # else: the alarm, turned into another exception inside Ray
+                    last = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                    if not local or "timed out" not in last.lower() and "timeout" not in last.lower():
+                        timed_out = False
+                        break
+                    print(f"warning: Ray start attempt {attempt} failed ({last}); retrying", file=sys.stderr)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 if ours:
                     os.environ.pop(GCS_WAIT_ENV, None)
+            if _ALARM["fired"]:  # out of time, however ray.init ended
+                last = f"still starting after {timeout_s:g} s"
+                break
             shutdown_ray(ray)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
